@@ -1,0 +1,1 @@
+"""Offline training: produces the artifacts (adapters, head, manifest) that the service loads."""

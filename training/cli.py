@@ -24,3 +24,142 @@ def convert_gguf(
 @app.callback()
 def main() -> None:
     """Train and evaluate the classifiers; write versioned artifacts."""
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _config(**kw):
+    from training.trainer import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
+
+
+BaseOpt = Annotated[str, typer.Option("--base-model", help="Local model folder or Hugging Face id")]
+
+
+@app.command()
+def cvss(
+    data: Annotated[
+        list[Path], typer.Option(help="CTI-VSP .tsv or NVD CVE API 2.0 .json (file or folder); repeatable")
+    ],
+    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    base_model: BaseOpt = "models/smollm2-135m",
+    epochs: float = 3.0,
+    learning_rate: float = 1e-3,
+    batch_size: int = 8,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    seed: int = 13,
+    max_steps: int = -1,
+    threads: int = 0,
+    n_validation: int = 120,
+    max_input_tokens: int = 192,
+    lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,
+    limit_train: Annotated[int, typer.Option(help="Use only the first N training CVEs (smoke runs)")] = 0,
+) -> None:
+    """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""
+    from training.cvss import train_cvss
+    from training.data import DataError
+
+    _setup_logging()
+    cfg = _config(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        seed=seed,
+        max_steps=max_steps,
+        threads=threads,
+        lora_layers=lora_layers,
+    )
+    try:
+        m = train_cvss(data, out, base_model, cfg, n_validation, max_input_tokens, limit_train=limit_train)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="--data") from e
+    typer.echo(m.model_dump_json(include={"name", "version", "metrics"}, indent=2))
+
+
+@app.command()
+def attack(
+    data: Annotated[Path, typer.Option(help="CTI-HAL folder (searched recursively for *.json)")],
+    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    base_model: BaseOpt = "models/smollm2-135m",
+    epochs: float = 3.0,
+    learning_rate: float = 1e-3,
+    batch_size: int = 8,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    seed: int = 13,
+    max_steps: int = -1,
+    threads: int = 0,
+    validation_group: Annotated[list[str], typer.Option(help="Threat group(s) held out")] = ["carbanak"],  # noqa: B006
+    max_input_tokens: int = 256,
+    lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,
+    catalogue_examples: Annotated[bool, typer.Option(help="Add catalogue descriptions as examples")] = True,
+    limit_train: Annotated[int, typer.Option(help="Use only the first N training items (smoke runs)")] = 0,
+) -> None:
+    """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
+    from training.attack import train_attack
+    from training.data import DataError
+
+    _setup_logging()
+    cfg = _config(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        seed=seed,
+        max_steps=max_steps,
+        threads=threads,
+        lora_layers=lora_layers,
+    )
+    try:
+        m = train_attack(
+            data,
+            out,
+            base_model,
+            cfg,
+            tuple(validation_group),
+            max_input_tokens,
+            catalogue_examples,
+            limit_train=limit_train,
+        )
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="--data") from e
+    typer.echo(m.model_dump_json(include={"name", "version", "temperature", "metrics"}, indent=2))
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Option(help="cvss or attack")],
+    artifact: Annotated[Path, typer.Option(help="Artifact folder")],
+    data: Annotated[Path, typer.Option(help="CTI-VSP/NVD file or folder (cvss); CTI-HAL folder (attack)")],
+    base_model: Annotated[str | None, typer.Option("--base-model", help="Override the manifest's base")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+) -> None:
+    """Score an artifact on examples it did not train on, beside TF-IDF+LR; plots into <artifact>/report/."""
+    import json
+
+    from training.data import DataError
+    from training.evaluate import evaluate_attack, evaluate_cvss, format_report
+    from training.manifest import ArtifactError
+
+    _setup_logging()
+    if task not in ("cvss", "attack"):
+        raise typer.BadParameter("must be 'cvss' or 'attack'", param_hint="--task")
+    try:
+        report = (
+            evaluate_cvss(artifact, [data], base_model)
+            if task == "cvss"
+            else evaluate_attack(artifact, data, base_model)
+        )
+    except (DataError, ArtifactError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))

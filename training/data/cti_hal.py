@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -10,17 +11,19 @@ from pathlib import Path
 
 from training.data.common import AttackExample, DataError
 
+log = logging.getLogger(__name__)
 _TECH = re.compile(r"^T\d{4}(\.\d{3})?$")
 
 
 def load_cti_hal(
-    root: Path, remap: Callable[[str], str | None]
+    root: Path, remap: Callable[[str], str | None], strict: bool = False
 ) -> tuple[list[AttackExample], Counter[str]]:
     """Labelled items of every report under `root`.
 
     `remap` takes a technique or sub-technique id and returns the current top-level id, or None
     if the label has no current replacement. Returns the examples and the count of dropped labels
-    by reason.
+    by label. A malformed technique id (e.g. '1036', 'T027' in the published data) stops loading
+    when `strict`, else is logged with its file and item, counted as `malformed:<id>` and skipped.
     """
     root = Path(root)
     files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
@@ -45,7 +48,12 @@ def load_cti_hal(
             if not text or tech is None:
                 continue  # unlabelled context: not a training example (see SOURCE.md)
             if not isinstance(tech, str) or not _TECH.match(tech.strip()):
-                raise DataError(f"{where}: technique {tech!r} is not an ATT&CK id like T1059 or T1059.001")
+                msg = f"{where}: technique {tech!r} is not an ATT&CK id like T1059 or T1059.001"
+                if strict:
+                    raise DataError(msg)
+                log.warning("%s; item skipped", msg)
+                dropped[f"malformed:{tech}"] += 1
+                continue
             mapped = remap(tech.strip())
             if mapped is None:
                 dropped[tech.strip()] += 1

@@ -1,0 +1,43 @@
+"""Pieces of a manifest common to both tasks, and saving adapters as 16-bit safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.base_model import resolve_base_model, weights_hash
+from training.manifest import BaseModelRef
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def base_ref(base: str) -> BaseModelRef:
+    """Record the base as given (repo-relative stays relative, so a fresh clone resolves it) plus its hash."""
+    path = resolve_base_model(base)
+    arch = None
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        arch = (json.loads(cfg.read_text()).get("architectures") or [None])[0]
+    return BaseModelRef(name_or_path=str(base), weights_sha256=weights_hash(path), architecture=arch)
+
+
+def data_hash(rows: list[tuple]) -> str:
+    h = hashlib.sha256()
+    for r in sorted(rows):
+        h.update(json.dumps(r, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def save_adapter_16bit(peft_model, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """PEFT's adapter files, with the weights cast to 16 bits (half the size; serving runs in 16 bits)."""
+    peft_model.save_pretrained(str(out), safe_serialization=True)
+    f = out / ADAPTER_FILE
+    tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(f)).items()}
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    readme = out / "README.md"
+    if readme.exists():
+        readme.unlink()  # PEFT's model-card stub; the manifest is the documentation

@@ -1,0 +1,143 @@
+"""CVSS: LoRA fine-tune of the causal LM to write the 8 base-metric values after the prompt.
+
+Answer format: the values in metric order, each as " X" (one token each): 8 decode steps,
+against 31 for the full `AV:N/AC:L/...` string. Loss is on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import cvss.constants3 as cvss_constants
+
+from training.artifacts import base_ref, data_hash, save_adapter_16bit
+from training.base_model import resolve_base_model
+from training.data import CvssExample, load_cvss
+from training.data.common import BASE_METRICS
+from training.manifest import (
+    CvssLabels,
+    CvssMetric,
+    Manifest,
+    TrainingData,
+    library_versions,
+    now_iso,
+    write_artifact,
+)
+from training.metrics import cvss_metrics
+from training.modeling import load_tokenizer, pick_device, pick_dtype
+from training.predict import cvss_value_token_ids, predict_cvss, render
+from training.prompting import CVSS_TEMPLATE
+from training.split import split_cvss
+from training.trainer import AnswerOnlyTrainer, TrainConfig, lora_config, train
+
+log = logging.getLogger(__name__)
+SPLIT_FILE = "split.json"
+
+
+def cvss_labels() -> CvssLabels:
+    """The CVSS v3.1 base-metric vocabulary, from the `cvss` library's tables."""
+    return CvssLabels(
+        metrics=[
+            CvssMetric(
+                key=k,
+                name=cvss_constants.METRICS_ABBREVIATIONS[k],
+                values=dict(cvss_constants.METRICS_VALUE_NAMES[k]),
+            )
+            for k in BASE_METRICS
+        ]
+    )
+
+
+def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[dict]:
+    labels = manifest.labels
+    assert isinstance(labels, CvssLabels)
+    value_ids = cvss_value_token_ids(tokenizer, labels)
+    rows = []
+    for ex in examples:
+        prompt_ids = tokenizer.encode(render(tokenizer, manifest, ex.description)[0], add_special_tokens=False)
+        vals = ex.values
+        answer = [ids[list(m.values).index(vals[m.key])] for m, ids in zip(labels.metrics, value_ids, strict=True)]
+        rows.append({"input_ids": prompt_ids + answer, "labels": answer})
+    return rows
+
+
+def evaluate_cvss_model(model, tokenizer, manifest: Manifest, examples: list[CvssExample]) -> tuple[dict, list]:
+    probs = predict_cvss(model, tokenizer, manifest, [e.description for e in examples])
+    predicted = [{k: max(p[k], key=p[k].get) for k in p} for p in probs]
+    keys = [m.key for m in manifest.labels.metrics]
+    return cvss_metrics(keys, predicted, [e.values for e in examples], probs), probs
+
+
+def train_cvss(
+    data: list[Path],
+    out: Path,
+    base_model: str,
+    cfg: TrainConfig,
+    n_validation: int = 120,
+    max_input_tokens: int = 192,
+    name: str | None = None,
+    limit_train: int = 0,
+) -> Manifest:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    started = time.time()
+    examples = load_cvss(data)
+    train_ex, val_ex = split_cvss(examples, n_validation, cfg.seed)
+    if limit_train:
+        train_ex = train_ex[:limit_train]
+    if not train_ex or not val_ex:
+        raise ValueError(f"need training and validation CVEs; got {len(train_ex)} and {len(val_ex)}")
+    log.info("CVSS: %d training CVEs, %d validation CVEs (split by CVE)", len(train_ex), len(val_ex))
+
+    base_path = resolve_base_model(base_model)
+    tokenizer = load_tokenizer(base_path)
+    draft = Manifest(
+        name=name or Path(out).name,
+        version=now_iso().replace(":", "").replace("-", ""),
+        task="cvss",
+        created_at=now_iso(),
+        base_model=base_ref(base_model),
+        prompt_template=CVSS_TEMPLATE,
+        max_input_tokens=max_input_tokens,
+        labels=cvss_labels(),
+        hyperparameters={
+            **cfg.__dict__,
+            "target_modules": list(cfg.target_modules),
+            "answer_format": "space-separated values",
+        },
+        training_data=TrainingData(
+            sources=[Path(p).name for p in data],
+            sha256=data_hash([(e.cve_id, e.description, e.vector) for e in examples]),
+            n_train=len(train_ex),
+            n_validation=len(val_ex),
+            split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {cfg.seed})",
+        ),
+        library_versions=library_versions(),
+    )
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
+    model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+    model.print_trainable_parameters()
+    with tempfile.TemporaryDirectory() as work:
+        stats = train(
+            model, _rows(tokenizer, draft, train_ex), tokenizer.pad_token_id, cfg, work, AnswerOnlyTrainer, "left"
+        )
+
+    model.eval().to(device, dtype=pick_dtype(device))
+    metrics, _ = evaluate_cvss_model(model, tokenizer, draft, val_ex)
+    metrics["train_seconds"] = round(time.time() - started, 1)
+    metrics.update({f"train_{k}": v for k, v in stats.items()})
+    log.info("CVSS validation: %s", json.dumps(metrics))
+
+    def write(d: Path) -> None:
+        save_adapter_16bit(model, d)
+        split = {"train_ids": sorted(e.cve_id for e in train_ex), "validation_ids": sorted(e.cve_id for e in val_ex)}
+        (d / SPLIT_FILE).write_text(json.dumps(split))
+
+    return write_artifact(Path(out), draft.model_copy(update={"metrics": metrics}), write)

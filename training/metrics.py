@@ -1,0 +1,77 @@
+"""Evaluation metrics for both tasks (used by training for the manifest and by `evaluate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from cvss import CVSS3
+from scipy.special import softmax
+
+from training.calibrate import cross_fitted_temperature_ece, ece, nll
+
+
+def score_vector(vector: str) -> tuple[float, str]:
+    """(base score, severity) from the `cvss` library."""
+    c = CVSS3(vector)
+    return float(c.scores()[0]), c.severities()[0]
+
+
+def cvss_metrics(
+    metric_keys: Sequence[str],
+    predicted: Sequence[dict[str, str]],
+    truth: Sequence[dict[str, str]],
+    probabilities: Sequence[dict[str, dict[str, float]]] | None = None,
+    vector_of=lambda values: "CVSS:3.1/" + "/".join(f"{k}:{v}" for k, v in values.items()),
+) -> dict[str, float]:
+    n = len(truth)
+    per = {k: float(np.mean([p[k] == t[k] for p, t in zip(predicted, truth, strict=True)])) for k in metric_keys}
+    scored_p = [score_vector(vector_of(p)) for p in predicted]
+    scored_t = [score_vector(vector_of(t)) for t in truth]
+    out: dict[str, float] = {
+        "n": n,
+        "mean_metric_accuracy": float(np.mean(list(per.values()))),
+        **{f"accuracy_{k}": v for k, v in per.items()},
+        "exact_vector_match": float(
+            np.mean([all(p[k] == t[k] for k in metric_keys) for p, t in zip(predicted, truth, strict=True)])
+        ),
+        "base_score_mae": float(np.mean([abs(a[0] - b[0]) for a, b in zip(scored_p, scored_t, strict=True)])),
+        "severity_accuracy": float(np.mean([a[1] == b[1] for a, b in zip(scored_p, scored_t, strict=True)])),
+        "distinct_predicted_vectors": len({vector_of(p) for p in predicted}),
+    }
+    if probabilities is not None:
+        conf = [max(pr[k].values()) for pr in probabilities for k in metric_keys]
+        corr = [p[k] == t[k] for p, t in zip(predicted, truth, strict=True) for k in metric_keys]
+        out["ece_metric_probabilities"] = ece(conf, corr, 15)
+    return out
+
+
+def attack_metrics(
+    logits: np.ndarray, targets: np.ndarray, temperature: float, folds: np.ndarray | None = None
+) -> dict[str, float]:
+    """Top-1/top-5/macro-F1 (over labels present in the targets), NLL and ECE before/after temperature.
+
+    `ece_calibrated_crossfit` scales each fold (report) by a temperature fitted on the others.
+    """
+    from sklearn.metrics import f1_score
+
+    order = np.argsort(-logits, axis=1)
+    top1 = order[:, 0]
+    p_raw = softmax(logits, axis=1)
+    p_cal = softmax(logits / temperature, axis=1)
+    out = {
+        "n": int(len(targets)),
+        "top1": float(np.mean(top1 == targets)),
+        "top5": float(np.mean([t in row[:5] for t, row in zip(targets, order, strict=True)])),
+        "macro_f1": float(f1_score(targets, top1, labels=np.unique(targets), average="macro", zero_division=0)),
+        "nll_uncalibrated": nll(logits, targets),
+        "nll_calibrated": nll(logits, targets, temperature),
+        "ece_uncalibrated": ece(p_raw.max(1), top1 == targets),
+        "ece_calibrated": ece(p_cal.max(1), top1 == targets),
+        "temperature": float(temperature),
+    }
+    if folds is not None and len(np.unique(folds)) > 1:
+        out["ece_calibrated_crossfit"], out["nll_calibrated_crossfit"] = cross_fitted_temperature_ece(
+            logits, targets, folds
+        )
+    return out

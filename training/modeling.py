@@ -1,0 +1,88 @@
+"""Loading base models and artifacts with transformers/peft; shared by training, evaluation and the service.
+
+Only safetensors are read (`use_safetensors=True`) and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from training.base_model import resolve_base_model, weights_hash
+from training.manifest import ArtifactError, AttackLabels, Manifest
+
+HEAD_FILE = "head.safetensors"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    # CPUs here lack bf16 matmul units: fp32 is faster there; GPUs use bf16.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_base_model(base), trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def base_for(manifest: Manifest, override: str | None = None, check_hash: bool = True) -> str:
+    """The base model folder/id for an artifact; a local default is checked against its recorded hash."""
+    base = resolve_base_model(override or manifest.base_model.name_or_path)
+    if check_hash and override is None and manifest.base_model.weights_sha256 and Path(base).is_dir():
+        got = weights_hash(base)
+        if got != manifest.base_model.weights_sha256:
+            raise ArtifactError(
+                f"base model {base} does not match the artifact's weights hash "
+                f"({got} != {manifest.base_model.weights_sha256}); was it trained on another base?"
+            )
+    return base
+
+
+def load_causal_lm_with_adapter(artifact: Path, base: str, device: torch.device, dtype: torch.dtype):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    model = PeftModel.from_pretrained(model, str(artifact)).merge_and_unload()
+    return model.to(device).eval()
+
+
+def new_sequence_classifier(base: str, num_labels: int, pad_token_id: int, dtype: torch.dtype):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=num_labels, dtype=dtype, use_safetensors=True, trust_remote_code=False
+    )
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_attack_classifier(
+    artifact: Path, manifest: Manifest, base: str, pad_token_id: int, device: torch.device, dtype: torch.dtype
+):
+    """Base LM + merged LoRA + the trained `score` head from head.safetensors."""
+    from peft import PeftModel
+
+    assert isinstance(manifest.labels, AttackLabels)
+    n = len(manifest.labels.techniques)
+    model = new_sequence_classifier(base, n, pad_token_id, dtype)
+    model = PeftModel.from_pretrained(model, str(artifact)).merge_and_unload()
+    head = load_file(str(Path(artifact) / HEAD_FILE))
+    if head["weight"].shape != model.score.weight.shape:
+        raise ArtifactError(f"{artifact}: head shape {tuple(head['weight'].shape)} does not fit {n} labels")
+    with torch.no_grad():
+        model.score.weight.copy_(head["weight"].to(dtype))
+    return model.to(device).eval()

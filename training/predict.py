@@ -1,0 +1,91 @@
+"""Inference with transformers for evaluation (and, for ATT&CK, for serving): one code path per task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from training.manifest import CvssLabels, Manifest
+from training.prompting import truncate
+
+
+def cvss_value_token_ids(tokenizer, labels: CvssLabels) -> list[list[int]]:
+    """Per metric, the token id of `separator + value` for each allowed value (each must be one token)."""
+    out = []
+    for m in labels.metrics:
+        ids = []
+        for v in m.values:
+            toks = tokenizer.encode(labels.separator + v, add_special_tokens=False)
+            if len(toks) != 1:
+                raise ValueError(f"tokenizer splits {labels.separator + v!r} into {toks}; answer format needs 1 token")
+            ids.append(toks[0])
+        out.append(ids)
+    return out
+
+
+def render(tokenizer, manifest: Manifest, text: str) -> tuple[str, bool]:
+    cut, truncated = truncate(tokenizer, text, manifest.max_input_tokens)
+    return manifest.render_prompt(cut), truncated
+
+
+@torch.inference_mode()
+def predict_cvss(
+    model, tokenizer, manifest: Manifest, texts: Sequence[str], batch_size: int = 16
+) -> list[dict[str, dict[str, float]]]:
+    """Greedy decoding restricted at each step to the metric's allowed values (as vLLM's grammar does).
+
+    Returns, per text, metric -> value -> probability (softmax over the allowed values only,
+    conditioned on the greedy choices before it).
+    """
+    labels = manifest.labels
+    assert isinstance(labels, CvssLabels)
+    allowed = cvss_value_token_ids(tokenizer, labels)
+    device = next(model.parameters()).device
+    results: list[dict[str, dict[str, float]]] = []
+    tokenizer.padding_side = "left"
+    for start in range(0, len(texts), batch_size):
+        prompts = [render(tokenizer, manifest, t)[0] for t in texts[start : start + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        probs_per_metric = []
+        for step, metric_ids in enumerate(allowed):
+            sub = torch.log_softmax(logits[:, metric_ids].float(), dim=-1).exp()
+            probs_per_metric.append(sub.cpu())
+            if step == len(allowed) - 1:
+                break
+            chosen = torch.tensor(metric_ids, device=device)[sub.argmax(-1).to(device)].unsqueeze(1)
+            mask = torch.cat([mask, torch.ones_like(chosen)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=chosen, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1, :]
+        for i in range(len(prompts)):
+            results.append(
+                {
+                    m.key: {v: float(p) for v, p in zip(m.values, probs_per_metric[k][i].tolist(), strict=True)}
+                    for k, m in enumerate(labels.metrics)
+                }
+            )
+    return results
+
+
+def encode_attack(tokenizer, manifest: Manifest, texts: Sequence[str]):
+    """Tokenize with right padding (pads after the text, so a text's logits do not depend on its batch)."""
+    rendered = [render(tokenizer, manifest, t) for t in texts]
+    tokenizer.padding_side = "right"
+    enc = tokenizer([r[0] for r in rendered], return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc, [r[1] for r in rendered]
+
+
+@torch.inference_mode()
+def attack_logits(model, tokenizer, manifest: Manifest, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    """Raw (uncalibrated) logits over the label set, fp32 on CPU, one row per text."""
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        enc, _ = encode_attack(tokenizer, manifest, texts[start : start + batch_size])
+        rows.append(model(**enc.to(device)).logits.float().cpu())
+    return torch.cat(rows) if rows else torch.empty(0)

@@ -116,7 +116,7 @@ class Manifest(_Strict):
 def _re_escape(s: str) -> str:
     import re
 
-    return re.escape(s)
+    return re.escape(s).replace("\\ ", " ")  # xgrammar rejects the escaped space
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,33 @@
+# The two commands that matter: `make serve` and `make test` (each sets up first when needed).
+SHELL := /bin/bash
+PY := .venv/bin/python
+DATA_DIR ?= ../shared/data
+export DATA_DIR
+
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults
+
+setup:
+	@bash scripts/setup.sh
+
+serve: setup
+	$(PY) -m service
+
+test: setup
+	$(PY) -m pytest -q -rs
+
+test-fast: setup
+	$(PY) -m pytest -q -rs -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check service training tests && .venv/bin/ruff format --check service training tests
+
+# Reproduces the committed defaults (about 50 min on 2 CPU cores; see README).
+train-defaults: setup
+	$(PY) -m training cvss --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv --out artifacts/cvss-default \
+	  --epochs 2 --learning-rate 1e-3 --lora-layers 12
+	$(PY) -m training attack --data $(DATA_DIR)/cti-hal/data --out artifacts/attack-default \
+	  --epochs 2 --learning-rate 1e-3 --lora-layers 12
+
+evaluate-defaults: setup
+	$(PY) -m training evaluate --task cvss --artifact artifacts/cvss-default --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv
+	$(PY) -m training evaluate --task attack --artifact artifacts/attack-default --data $(DATA_DIR)/cti-hal/data

@@ -1,0 +1,1 @@
+"""FastAPI inference service for the CVSS and ATT&CK classifiers."""

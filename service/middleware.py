@@ -1,0 +1,84 @@
+"""Pure-ASGI middleware: body-size limit (413) and per-route latency/in-flight metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from service.metrics import ERRORS, IN_FLIGHT, REQUEST_LATENCY, REQUESTS
+
+
+class BodyLimit:
+    """Rejects bodies over `max_bytes` with 413, by Content-Length or while reading a chunked body."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                return await self._reject(send)
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def receive_replayed():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, receive_replayed, send)
+
+    async def _reject(self, send) -> None:
+        ERRORS.labels("other", "too_large").inc()
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class Metrics:
+    """Latency histogram and request counter by route template and status; in-flight gauge."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+        path = scope.get("path", "")
+        gauge = IN_FLIGHT.labels(path if path.startswith("/classify/") else "other")
+        gauge.inc()
+
+        async def send_wrapped(msg):
+            if msg["type"] == "http.response.start":
+                status["code"] = msg["status"]
+            await send(msg)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            gauge.dec()
+            route = getattr(scope.get("route"), "path", "other")
+            labels = (route, scope.get("method", ""), str(status["code"]))
+            REQUEST_LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            REQUESTS.labels(*labels).inc()

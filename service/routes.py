@@ -1,0 +1,139 @@
+"""HTTP routes: a thin layer over the model classes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.metrics import REGISTRY
+from service.models.attack import AttackModel
+from service.models.cvss import DEFAULT_ADAPTER, CvssModel
+from service.schemas import (
+    AttackBatchResponse,
+    AttackRequest,
+    AttackResult,
+    CvssBatchResponse,
+    CvssRequest,
+    CvssResult,
+    ErrorResponse,
+    LoadedModel,
+    ModelsResponse,
+)
+from service.settings import Settings
+
+
+@dataclass
+class Models:
+    cvss: CvssModel | None = None
+    attack: AttackModel | None = None
+    ready: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+router = APIRouter()
+ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def models(request: Request) -> Models:
+    return request.app.state.models
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+ModelsDep = Annotated[Models, Depends(models)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+
+
+def _check_lengths(texts: list[str], limit: int) -> None:
+    for i, t in enumerate(texts):
+        if len(t) > limit:
+            raise HTTPException(422, f"item {i}: {len(t)} characters; the limit is {limit}")
+
+
+def _require(model, name: str, m: Models):
+    if model is None:
+        raise HTTPException(404, f"the {name} classifier is not enabled on this server")
+    if not m.ready or not model.healthy:
+        raise HTTPException(503, f"the {name} classifier is not ready", headers={"Retry-After": "1"})
+    return model
+
+
+@router.post(
+    "/classify/cvss",
+    response_model=CvssResult | CvssBatchResponse,
+    responses=ERRORS,
+    tags=["classify"],
+    summary="CVSS v3.1 base vector, score, severity and per-value probabilities for CVE descriptions",
+)
+async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
+    cvss = _require(m.cvss, "CVSS", m)
+    texts = [body.description] if body.description is not None else list(body.descriptions or [])
+    _check_lengths(texts, s.max_text_chars)
+    adapter = body.adapter or DEFAULT_ADAPTER
+    results = await asyncio.gather(*(cvss.classify(t, adapter) for t in texts))
+    return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
+
+
+@router.post(
+    "/classify/attack",
+    response_model=AttackResult | AttackBatchResponse,
+    responses=ERRORS,
+    tags=["classify"],
+    summary="Ranked MITRE ATT&CK techniques with calibrated probabilities for threat-report excerpts",
+)
+async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
+    attack = _require(m.attack, "ATT&CK", m)
+    texts = [body.text] if body.text is not None else list(body.texts or [])
+    _check_lengths(texts, s.max_text_chars)
+    results = await attack.classify_many(texts, body.top_k)
+    return results[0] if body.text is not None else AttackBatchResponse(results=results)
+
+
+@router.get("/healthz", tags=["ops"], summary="Liveness")
+async def healthz() -> dict:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", tags=["ops"], summary="Readiness: 200 once every model is loaded and warmed up")
+async def readyz(response: Response, m: ModelsDep) -> dict:
+    loaded = [x for x in (m.cvss, m.attack) if x is not None]
+    unhealthy = [type(x).__name__ for x in loaded if not x.healthy]
+    ok = m.ready and not unhealthy
+    response.status_code = 200 if ok else 503
+    return {"ready": ok, "unhealthy": unhealthy, "problems": m.problems}
+
+
+@router.get("/v1/models", response_model=ModelsResponse, tags=["ops"], summary="Loaded artifacts")
+async def list_models(m: ModelsDep) -> ModelsResponse:
+    out = []
+    for model in (m.cvss, m.attack):
+        if model is None:
+            continue
+        man = model.manifest
+        labels = len(man.labels.metrics) if man.task == "cvss" else len(man.labels.techniques)
+        out.append(
+            LoadedModel(
+                name=man.name,
+                version=man.version,
+                task=man.task,
+                base_model={**man.base_model.model_dump(), "serving": model.base},
+                labels=labels,
+                temperature=man.temperature,
+                max_input_tokens=man.max_input_tokens,
+                adapters=sorted(getattr(model, "adapters", {})),
+                validation_metrics=man.metrics,
+                created_at=man.created_at,
+            )
+        )
+    return ModelsResponse(models=out)
+
+
+@router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

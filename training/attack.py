@@ -28,7 +28,7 @@ from training.modeling import HEAD_FILE, load_tokenizer, new_sequence_classifier
 from training.predict import attack_logits, render
 from training.prompting import ATTACK_TEMPLATE
 from training.split import split_attack
-from training.trainer import TrainConfig, lora_config, train
+from training.trainer import TrainConfig, is_main_process, lora_config, train
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
@@ -114,6 +114,8 @@ def train_attack(
     with tempfile.TemporaryDirectory() as work:
         stats = train(model, rows, tokenizer.pad_token_id, cfg, work)
 
+    if not is_main_process():
+        return draft
     device = pick_device()
     model.eval().to(device, dtype=pick_dtype(device))
     raw_metrics, logits, targets = evaluate_attack_model(model, tokenizer, draft, val_ex)

@@ -30,7 +30,7 @@ from training.modeling import load_tokenizer, pick_device, pick_dtype
 from training.predict import cvss_value_token_ids, predict_cvss, render
 from training.prompting import CVSS_TEMPLATE
 from training.split import split_cvss
-from training.trainer import AnswerOnlyTrainer, TrainConfig, lora_config, train
+from training.trainer import AnswerOnlyTrainer, TrainConfig, is_main_process, lora_config, train
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
@@ -122,6 +122,8 @@ def train_cvss(
             model, _rows(tokenizer, draft, train_ex), tokenizer.pad_token_id, cfg, work, AnswerOnlyTrainer, "left"
         )
 
+    if not is_main_process():
+        return draft
     model.eval().to(device, dtype=pick_dtype(device))
     metrics, _ = evaluate_cvss_model(model, tokenizer, draft, val_ex)
     metrics["train_seconds"] = round(time.time() - started, 1)

@@ -129,3 +129,10 @@ def train(
     )
     result = trainer.train()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
+def is_main_process() -> bool:
+    """False on the other ranks of an `accelerate launch`/`torchrun` run: only rank 0 evaluates and writes."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DATA_DIR ?= ../shared/data
 export DATA_DIR
 
-.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench
 
 setup:
 	@bash scripts/setup.sh
@@ -31,3 +31,7 @@ train-defaults: setup
 evaluate-defaults: setup
 	$(PY) -m training evaluate --task cvss --artifact artifacts/cvss-default --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv
 	$(PY) -m training evaluate --task attack --artifact artifacts/attack-default --data $(DATA_DIR)/cti-hal/data
+
+# Benchmarks (ratios side by side, one run): writes bench/results/<machine>-<date>.{json,md,png}
+bench: setup
+	$(PY) -m bench.run

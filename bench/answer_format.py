@@ -44,13 +44,21 @@ def main() -> None:
         "8-token (ours)": (manifest.labels.answer_regex(), len(manifest.labels.metrics)),
         "31-token AV:N/AC:L/...": (long_regex, 40),
     }
-    llm = LLM(model=base, dtype="bfloat16", max_model_len=1024, enforce_eager=True, enable_lora=True,
-              max_lora_rank=16, logprobs_mode="processed_logprobs")
+    llm = LLM(
+        model=base,
+        dtype="bfloat16",
+        max_model_len=1024,
+        enforce_eager=True,
+        enable_lora=True,
+        max_lora_rank=16,
+        logprobs_mode="processed_logprobs",
+    )
     lora = LoRARequest("cvss", 1, str(artifact))
     results = {}
     for name, (regex, max_tokens) in formats.items():
-        sp = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=4,
-                            structured_outputs=StructuredOutputsParams(regex=regex))
+        sp = SamplingParams(
+            temperature=0, max_tokens=max_tokens, logprobs=4, structured_outputs=StructuredOutputsParams(regex=regex)
+        )
         llm.generate(prompts[:4], sp, lora_request=lora, use_tqdm=False)  # warm-up
         times, tokens = [], 0
         for _ in range(args.repeats):
@@ -58,8 +66,11 @@ def main() -> None:
             outs = llm.generate(prompts, sp, lora_request=lora, use_tqdm=False)
             times.append(time.perf_counter() - t)
             tokens = statistics.mean(len(o.outputs[0].token_ids) for o in outs)
-        results[name] = {"median_s": statistics.median(times), "desc_per_s": len(prompts) / statistics.median(times),
-                         "mean_generated_tokens": tokens}
+        results[name] = {
+            "median_s": statistics.median(times),
+            "desc_per_s": len(prompts) / statistics.median(times),
+            "mean_generated_tokens": tokens,
+        }
     ours, seed = results["8-token (ours)"], results["31-token AV:N/AC:L/..."]
     results["speedup_desc_per_s"] = ours["desc_per_s"] / seed["desc_per_s"]
     print(json.dumps(results, indent=2))

@@ -1,0 +1,275 @@
+"""`make bench`: the service against its limits, as ratios measured side by side in one run.
+
+Both sides of each comparison run in this run, on the same inputs (validation CVEs, held-out CTI-HAL
+excerpts), warm-up excluded, medians over repeats. The service runs as its own process (loopback);
+this process is the load generator and runs the in-process baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.load import run_concurrent
+
+REPO = Path(__file__).resolve().parent.parent
+CVSS_ART = REPO / "artifacts" / "cvss-default"
+ATTACK_ART = REPO / "artifacts" / "attack-default"
+
+
+def machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0).replace(" ", "-")
+    except Exception:
+        pass
+    return f"cpu{psutil.cpu_count()}-{platform.machine()}"
+
+
+def inputs(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
+    from training.catalogue import catalogue
+    from training.data import load_cti_hal, load_cvss
+
+    val = set(json.loads((CVSS_ART / "split.json").read_text())["validation_ids"])
+    cves = [e.description for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]) if e.cve_id in val]
+    seen = set(json.loads((ATTACK_ART / "split.json").read_text())["train_groups"])
+    hal, _ = load_cti_hal(data_dir / "cti-hal" / "data", catalogue().remap)
+    texts = [e.text for e in hal if e.group not in seen]
+    return cves[:n], texts[: max(n, 64)]
+
+
+def median_of(fn, repeats: int) -> dict:
+    runs = [fn() for _ in range(repeats)]
+    best = sorted(runs, key=lambda r: r["items_per_s"])[len(runs) // 2]
+    return {**best, "repeats": [r["items_per_s"] for r in runs]}
+
+
+# -- in-process baselines ------------------------------------------------------------------------
+def engine_cvss(cves: list[str], repeats: int) -> dict:
+    """The same vLLM engine settings and adapter as the service, called in-process (no HTTP)."""
+    from service.models.cvss import CvssModel
+    from service.settings import Settings
+
+    async def go():
+        model = CvssModel(CVSS_ART, Settings())
+        await model.load()
+        prompts = [model.preprocess(t)[0] for t in cves]
+        call = model.predict
+        await run_concurrent(call, prompts[:4], 4)  # warm-up
+        c16 = [await run_concurrent(call, prompts, 16) for _ in range(repeats)]
+        c1 = [await run_concurrent(call, prompts[:16], 1) for _ in range(repeats)]
+        await model.close()
+        return {"c16": _median(c16), "c1": _median(c1, key="p50")}
+
+    return asyncio.run(go())
+
+
+def _median(runs: list[dict], key: str = "items_per_s") -> dict:
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
+def attack_offline_and_naive(texts: list[str], repeats: int) -> dict:
+    """Naive server (one forward pass per request, in order) vs the best offline batched pass."""
+    import torch
+
+    from service.models.attack import AttackModel
+    from service.settings import Settings
+
+    async def load():
+        m = AttackModel(ATTACK_ART, Settings())
+        await m.load()
+        await m.close()
+        return m
+
+    m = asyncio.run(load())
+    m.predict_batch(texts[:2])  # warm-up
+
+    def naive():
+        t = time.perf_counter()
+        for x in texts:
+            m.predict_batch([x])
+        return {"items_per_s": len(texts) / (time.perf_counter() - t)}
+
+    def offline(bs: int = 32):
+        order = sorted(texts, key=len)  # length-sorted batches: least padding, the hardware limit
+        t = time.perf_counter()
+        for i in range(0, len(order), bs):
+            m.predict_batch(order[i : i + bs])
+        return {"items_per_s": len(texts) / (time.perf_counter() - t)}
+
+    with torch.inference_mode():
+        return {"naive": median_of(naive, repeats), "offline_batched": median_of(offline, repeats)}
+
+
+# -- the service -----------------------------------------------------------------------------------
+class Service:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.peak_rss = 0
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        while time.perf_counter() - self.t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - self.t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("service not ready")
+
+    def rss(self) -> int:
+        p = psutil.Process(self.proc.pid)
+        total = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
+        self.peak_rss = max(self.peak_rss, total)
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+async def service_runs(svc: Service, cves: list[str], texts: list[str], repeats: int) -> dict:
+    async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
+
+        async def cvss(t):
+            r = await c.post("/classify/cvss", json={"description": t})
+            r.raise_for_status()
+
+        async def attack(t):
+            r = await c.post("/classify/attack", json={"text": t})
+            r.raise_for_status()
+
+        await run_concurrent(cvss, cves[:4], 4)
+        await run_concurrent(attack, texts[:8], 8)
+        out: dict = {"cvss": {}, "attack": {}}
+        for conc in (1, 8, 16, 32):
+            items = cves if conc > 1 else cves[:16]
+            out["cvss"][f"c{conc}"] = _median([await run_concurrent(cvss, items, conc) for _ in range(repeats)])
+            svc.rss()
+            out["attack"][f"c{conc}"] = _median([await run_concurrent(attack, texts, conc) for _ in range(repeats)])
+            svc.rss()
+        return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for route in ("cvss", "attack"):
+        runs = results["service"][route]
+        conc = sorted(int(k[1:]) for k in runs)
+        for p in ("p50", "p95", "p99"):
+            ax.plot(conc, [runs[f"c{c}"][p] for c in conc], marker="o", label=f"{route} {p}")
+    ax.set(
+        xscale="log", xlabel="concurrency", ylabel="latency (s)", title=f"latency vs concurrency ({results['machine']})"
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(r: dict) -> str:
+    s, e, a = r["service"], r["engine"], r["attack_baselines"]
+    rows = [
+        (
+            "CVSS desc/s at c=16: service / engine in-process",
+            s["cvss"]["c16"]["items_per_s"],
+            e["c16"]["items_per_s"],
+            "≥ 0.9×",
+        ),
+        ("CVSS p50 at c=1 (s): service / engine", s["cvss"]["c1"]["p50"], e["c1"]["p50"], "≤ 1.1×"),
+        (
+            "ATT&CK texts/s at c=32: service / naive per-request",
+            s["attack"]["c32"]["items_per_s"],
+            a["naive"]["items_per_s"],
+            "≥ 5×",
+        ),
+        (
+            "ATT&CK texts/s at c=32: service / offline batched",
+            s["attack"]["c32"]["items_per_s"],
+            a["offline_batched"]["items_per_s"],
+            "≥ 0.85×",
+        ),
+    ]
+    lines = [
+        f"Machine: {r['machine']} ({r['date']}); n_cvss={r['n_cvss']}, n_attack={r['n_attack']}, "
+        f"repeats={r['repeats']}",
+        "",
+        "| comparison | ours | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ours, base, target in rows:
+        lines.append(f"| {name} | {ours:.3f} | {base:.3f} | {ours / base:.2f}× | {target} |")
+    lines += ["", "| route | concurrency | p50 s | p95 s | p99 s | items/s |", "|---|---|---|---|---|---|"]
+    for route in ("cvss", "attack"):
+        for k, v in s[route].items():
+            lines.append(
+                f"| {route} | {k[1:]} | {v['p50']:.3f} | {v['p95']:.3f} | {v['p99']:.3f} | {v['items_per_s']:.2f} |"
+            )
+    lines += [
+        "",
+        f"Cold start to ready: {r['cold_start_s']:.1f} s; peak service RSS (with engine process): "
+        f"{r['peak_rss_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data")))
+    ap.add_argument("--n", type=int, default=64, help="CVEs per run (texts: max(n, 64))")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--port", type=int, default=8077)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args()
+    cves, texts = inputs(args.data_dir, args.n)
+    result = {
+        "machine": machine(),
+        "date": date.today().isoformat(),
+        "n_cvss": len(cves),
+        "n_attack": len(texts),
+        "repeats": args.repeats,
+    }
+    result["engine"] = engine_cvss(cves, args.repeats)
+    result["attack_baselines"] = attack_offline_and_naive(texts, args.repeats)
+    svc = Service(args.port)
+    try:
+        result["cold_start_s"] = svc.wait_ready()
+        result["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats))
+        result["peak_rss_mb"] = svc.peak_rss / 2**20
+    finally:
+        svc.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{result['machine']}-{result['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(table(result) + "\n")
+    plot(result, stem.with_suffix(".png"))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""A small run of the benchmark harness, so `make bench` cannot rot (no timing assertions here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
+    env = {**os.environ, "DATA_DIR": str(cti_vsp.parent.parent)}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--n",
+            "4",
+            "--repeats",
+            "1",
+            "--port",
+            str(free_port()),
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    [result_file] = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert result["service"]["cvss"]["c16"]["errors"] == 0 and result["service"]["attack"]["c32"]["errors"] == 0
+    assert result["engine"]["c16"]["items_per_s"] > 0 and result["attack_baselines"]["naive"]["items_per_s"] > 0
+    assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 100
+    assert result_file.with_suffix(".md").read_text().count("|") > 20
+    assert result_file.with_suffix(".png").stat().st_size > 1000

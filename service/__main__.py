@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import logging
+import sys
 
 import uvicorn
 
+from service import logging_setup
 from service.app import create_app
 from service.settings import get_settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_setup.configure()
     s = get_settings()
+    app = create_app(s)
     # One process: vLLM's engine core runs in its own subprocess; scale out with replicas.
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=30)
+    # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to 30 s), then runs the lifespan exit.
+    uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    sys.exit(app.state.exit_code)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors
 from service.metrics import MODEL_INFO, READY
-from service.middleware import BodyLimit, Metrics
+from service.middleware import BodyLimit, RequestContext
 from service.models.attack import AttackModel
 from service.models.cvss import CvssModel
 from service.routes import Models, router
@@ -36,9 +41,7 @@ async def lifespan(app: FastAPI):
             if model is None:
                 continue
             man = model.manifest
-            MODEL_INFO.labels(man.task).info(
-                {"artifact": man.name, "version": man.version, "base_model": model.base}
-            )
+            MODEL_INFO.labels(man.task).info({"artifact": man.name, "version": man.version, "base_model": model.base})
         if s.warmup:
             if m.cvss:
                 await m.cvss.classify(WARMUP_TEXT)
@@ -46,15 +49,46 @@ async def lifespan(app: FastAPI):
                 await m.attack.classify_many([WARMUP_TEXT], 1)
         m.ready = True
         READY.set(1)
+        if s.api_key_list:
+            log.info("auth enabled: %d API key(s); /classify/* and /v1/models need a bearer key", len(s.api_key_list))
+        else:
+            log.warning("auth DISABLED: no SECCLF_API_KEYS configured; every client can classify")
         log.info("ready: cvss=%s attack=%s", bool(m.cvss), bool(m.attack))
+        watchdog = asyncio.create_task(_watchdog(app))
         yield
     finally:
         m.ready = False
         READY.set(0)
+        if "watchdog" in locals():
+            watchdog.cancel()
         if m.attack:
             await m.attack.close()
         if m.cvss:
             await m.cvss.close()
+
+
+async def _watchdog(app: FastAPI) -> None:
+    """A dead model turns /readyz to 503 at once (it reads health live); if it stays dead, exit
+    non-zero so the container or pod is restarted instead of serving errors forever."""
+    s: Settings = app.state.settings
+    m: Models = app.state.models
+    since: float | None = None
+    while True:
+        await asyncio.sleep(1)
+        sick = [type(x).__name__ for x in (m.cvss, m.attack) if x is not None and not x.healthy]
+        if not sick:
+            since = None
+            continue
+        if since is None:
+            since = time.monotonic()
+            m.problems = [f"{name} unhealthy" for name in sick]
+            READY.set(0)
+            log.error("unhealthy: %s", sick)
+        elif time.monotonic() - since > s.unhealthy_exit_s:
+            log.critical("still unhealthy after %.0fs (%s): exiting for a restart", s.unhealthy_exit_s, sick)
+            app.state.exit_code = 3
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn drains in-flight requests, then stops
+            return
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,8 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.models = Models()
+    app.state.exit_code = 0
     app.include_router(router)
     errors.install(app)
-    app.add_middleware(Metrics)
+    if s.cors_origin_list:  # off unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+        )
+    app.add_middleware(RequestContext)
     app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)  # outermost: rejects before anything else
     return app

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+from service.logging_setup import REQUEST_ID, new_request_id
 from service.metrics import ERRORS, IN_FLIGHT, REQUEST_LATENCY, REQUESTS
+
+access_log = logging.getLogger("service.access")
 
 
 class BodyLimit:
@@ -54,8 +58,9 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class Metrics:
-    """Latency histogram and request counter by route template and status; in-flight gauge."""
+class RequestContext:
+    """Request id (kept from X-Request-ID or made, returned as a header, in every log line); latency
+    histogram and request counter by route template and status; in-flight gauge; one access-log line."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -63,6 +68,9 @@ class Metrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        rid = new_request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
+        token = REQUEST_ID.set(rid)
         status = {"code": 500}
         path = scope.get("path", "")
         gauge = IN_FLIGHT.labels(path if path.startswith("/classify/") else "other")
@@ -71,6 +79,7 @@ class Metrics:
         async def send_wrapped(msg):
             if msg["type"] == "http.response.start":
                 status["code"] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(msg)
 
         start = time.perf_counter()
@@ -80,5 +89,17 @@ class Metrics:
             gauge.dec()
             route = getattr(scope.get("route"), "path", "other")
             labels = (route, scope.get("method", ""), str(status["code"]))
-            REQUEST_LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            REQUEST_LATENCY.labels(*labels).observe(elapsed)
             REQUESTS.labels(*labels).inc()
+            access_log.info(
+                "request",
+                extra={
+                    "method": labels[1],
+                    "path": path,
+                    "route": route,
+                    "status": status["code"],
+                    "duration_s": round(elapsed, 4),
+                },
+            )
+            REQUEST_ID.reset(token)

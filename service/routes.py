@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.batching import QueueFull
 from service.metrics import REGISTRY
 from service.models.attack import AttackModel
 from service.models.cvss import DEFAULT_ADAPTER, CvssModel
@@ -23,6 +24,7 @@ from service.schemas import (
     LoadedModel,
     ModelsResponse,
 )
+from service.security import require_api_key, require_api_key_for_ops
 from service.settings import Settings
 
 
@@ -32,9 +34,12 @@ class Models:
     attack: AttackModel | None = None
     ready: bool = False
     problems: list[str] = field(default_factory=list)
+    cvss_inflight: int = 0  # texts accepted on the vLLM route and not yet answered
 
 
 router = APIRouter()
+protected = [Depends(require_api_key)]
+ops = [Depends(require_api_key_for_ops)]
 ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
@@ -56,6 +61,13 @@ def _check_lengths(texts: list[str], limit: int) -> None:
             raise HTTPException(422, f"item {i}: {len(t)} characters; the limit is {limit}")
 
 
+async def _deadline(coro, s: Settings):
+    try:
+        return await asyncio.wait_for(coro, s.request_timeout_s)
+    except asyncio.TimeoutError as e:  # cancelling the work aborts it in vLLM / skips it in the batcher
+        raise HTTPException(504, f"not answered within the {s.request_timeout_s:g} s deadline") from e
+
+
 def _require(model, name: str, m: Models):
     if model is None:
         raise HTTPException(404, f"the {name} classifier is not enabled on this server")
@@ -69,6 +81,7 @@ def _require(model, name: str, m: Models):
     response_model=CvssResult | CvssBatchResponse,
     responses=ERRORS,
     tags=["classify"],
+    dependencies=protected,
     summary="CVSS v3.1 base vector, score, severity and per-value probabilities for CVE descriptions",
 )
 async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
@@ -76,7 +89,13 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
     adapter = body.adapter or DEFAULT_ADAPTER
-    results = await asyncio.gather(*(cvss.classify(t, adapter) for t in texts))
+    if m.cvss_inflight + len(texts) > s.max_inflight_cvss:  # bounded: answer at once rather than queue forever
+        raise QueueFull(f"{m.cvss_inflight} CVSS texts in flight (limit {s.max_inflight_cvss})")
+    m.cvss_inflight += len(texts)
+    try:
+        results = await _deadline(asyncio.gather(*(cvss.classify(t, adapter) for t in texts)), s)
+    finally:
+        m.cvss_inflight -= len(texts)
     return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
 
 
@@ -85,22 +104,25 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     response_model=AttackResult | AttackBatchResponse,
     responses=ERRORS,
     tags=["classify"],
+    dependencies=protected,
     summary="Ranked MITRE ATT&CK techniques with calibrated probabilities for threat-report excerpts",
 )
 async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
     attack = _require(m.attack, "ATT&CK", m)
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
-    results = await attack.classify_many(texts, body.top_k)
+    results = await _deadline(attack.classify_many(texts, body.top_k), s)
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 
 
-@router.get("/healthz", tags=["ops"], summary="Liveness")
+@router.get("/healthz", tags=["ops"], dependencies=ops, summary="Liveness")
 async def healthz() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/readyz", tags=["ops"], summary="Readiness: 200 once every model is loaded and warmed up")
+@router.get(
+    "/readyz", tags=["ops"], dependencies=ops, summary="Readiness: 200 once every model is loaded and warmed up"
+)
 async def readyz(response: Response, m: ModelsDep) -> dict:
     loaded = [x for x in (m.cvss, m.attack) if x is not None]
     unhealthy = [type(x).__name__ for x in loaded if not x.healthy]
@@ -109,7 +131,9 @@ async def readyz(response: Response, m: ModelsDep) -> dict:
     return {"ready": ok, "unhealthy": unhealthy, "problems": m.problems}
 
 
-@router.get("/v1/models", response_model=ModelsResponse, tags=["ops"], summary="Loaded artifacts")
+@router.get(
+    "/v1/models", response_model=ModelsResponse, tags=["ops"], dependencies=protected, summary="Loaded artifacts"
+)
 async def list_models(m: ModelsDep) -> ModelsResponse:
     out = []
     for model in (m.cvss, m.attack):
@@ -134,6 +158,6 @@ async def list_models(m: ModelsDep) -> ModelsResponse:
     return ModelsResponse(models=out)
 
 
-@router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", tags=["ops"], dependencies=ops, summary="Prometheus metrics", response_class=Response)
 async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

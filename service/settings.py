@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,28 @@ class Settings(BaseSettings):
     max_text_chars: int = 20_000
 
     warmup: bool = True
+
+    # Security and reliability
+    api_keys: str = Field("", description="Comma-separated bearer keys; empty disables auth (logged at start-up)")
+    protect_ops_endpoints: bool = Field(False, description="Also require a key for /healthz, /readyz, /metrics")
+    cors_origins: str = Field("", description="Comma-separated allowed origins; empty: CORS off")
+    max_inflight_cvss: int = Field(256, description="Texts in flight on the vLLM route before 503")
+    request_timeout_s: float = Field(120.0, description="Per-request deadline; past it the answer is 504")
+    unhealthy_exit_s: float = Field(15.0, description="Exit non-zero after a model stays unhealthy this long")
+    log_text: bool = Field(False, description="Log request texts (off: never logged)")
+
+    @field_validator("cvss_artifact", "attack_artifact", mode="before")
+    @classmethod
+    def _empty_disables(cls, v):
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DATA_DIR ?= ../shared/data
 export DATA_DIR
 
-.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak
 
 setup:
 	@bash scripts/setup.sh
@@ -35,3 +35,7 @@ evaluate-defaults: setup
 # Benchmarks (ratios side by side, one run): writes bench/results/<machine>-<date>.{json,md,png}
 bench: setup
 	$(PY) -m bench.run
+
+# Bounded soak on loopback (about 10,000 mixed requests at concurrency 64)
+soak: setup
+	$(PY) -m bench.soak

@@ -1,0 +1,151 @@
+"""Auth, limits, backpressure, deadlines, drain on SIGTERM, engine failure, and fuzzing: the service keeps
+answering, loses nothing and lets no one in without the key."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, Server
+
+pytestmark = pytest.mark.slow
+TEXT = "The actor used Mimikatz to dump credentials from LSASS."
+
+
+def _server(tmp_path_factory, name: str, **env: str) -> Server:
+    s = Server(env, tmp_path_factory.mktemp(name) / "service.log")
+    s.wait_ready()
+    return s
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, base_model):
+    """ATT&CK only (fast to start), two API keys, tight limits and a tiny queue."""
+    s = _server(
+        tmp_path_factory,
+        "guarded",
+        SECCLF_CVSS_ARTIFACT="",
+        SECCLF_ATTACK_ARTIFACT=str(DEFAULT_ATTACK),
+        SECCLF_API_KEYS="key-old, key-new",
+        SECCLF_MAX_TEXT_CHARS="500",
+        SECCLF_MAX_BODY_BYTES="20000",
+        SECCLF_BATCH_QUEUE_SIZE="8",
+    )
+    yield s
+    s.stop()
+
+
+def _post(server, body, key="key-new", path="/classify/attack"):
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(server.url + path, json=body, headers=headers, timeout=120)
+
+
+def test_auth(guarded):
+    assert _post(guarded, {"text": TEXT}, key=None).status_code == 401
+    assert _post(guarded, {"text": TEXT}, key="key-ne").status_code == 401
+    r = httpx.post(guarded.url + "/classify/attack", json={"text": TEXT}, headers={"authorization": "Basic key-new"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert _post(guarded, {"text": TEXT}, key="key-old").status_code == 200  # rotation: both keys work
+    assert _post(guarded, {"text": TEXT}, key="key-new").status_code == 200
+    assert httpx.get(guarded.url + "/v1/models").status_code == 401
+    assert httpx.get(guarded.url + "/v1/models", headers={"authorization": "Bearer key-old"}).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(guarded.url + path).status_code == 200
+    assert "auth enabled: 2 API key(s)" in guarded.log_path.read_text()
+
+
+def test_configured_limits_and_request_id(guarded):
+    r = _post(guarded, {"text": "a" * 501})
+    assert r.status_code == 422 and "limit is 500" in r.json()["detail"]
+    r = httpx.post(
+        guarded.url + "/classify/attack",
+        content=b'{"text": "' + b"a" * 30000 + b'"}',
+        headers={"authorization": "Bearer key-new", "content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    r = httpx.post(
+        guarded.url + "/classify/attack",
+        json={"text": TEXT},
+        headers={"authorization": "Bearer key-new", "x-request-id": "trace-42"},
+    )
+    assert r.headers["x-request-id"] == "trace-42"
+    assert len(_post(guarded, {"text": TEXT}).headers["x-request-id"]) == 32
+    log = guarded.log_path.read_text()
+    assert '"request_id": "trace-42"' in log and "Mimikatz" not in log  # no request text in logs
+
+
+def test_backpressure_rejects_at_once_and_loses_nothing(guarded):
+    t = time.perf_counter()
+    r = _post(guarded, {"texts": [TEXT] * 16})  # more than the queue holds: refused whole, not half-run
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert time.perf_counter() - t < 5
+    r = _post(guarded, {"texts": [TEXT] * 8})
+    assert r.status_code == 200 and len(r.json()["results"]) == 8
+    assert httpx.get(guarded.url + "/readyz").status_code == 200
+
+
+def test_deadline_gives_504(tmp_path_factory, base_model):
+    s = _server(tmp_path_factory, "deadline", SECCLF_CVSS_ARTIFACT="", SECCLF_REQUEST_TIMEOUT_S="0.001")
+    try:
+        r = _post(s, {"texts": [TEXT] * 32}, key=None)
+        assert r.status_code == 504 and "deadline" in r.json()["detail"]
+        assert httpx.get(s.url + "/readyz").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path_factory, base_model):
+    s = _server(tmp_path_factory, "drain", SECCLF_CVSS_ARTIFACT="", SECCLF_BATCH_MAX_SIZE="2")
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("r", _post(s, {"texts": [TEXT] * 64}, key=None)))
+    worker.start()
+    time.sleep(0.5)
+    s.proc.send_signal(signal.SIGTERM)
+    worker.join(120)
+    assert box["r"].status_code == 200 and len(box["r"].json()["results"]) == 64
+    assert s.proc.wait(60) == 0
+
+
+def test_engine_failure_turns_unready_then_exits_nonzero(tmp_path_factory, base_model):
+    s = _server(
+        tmp_path_factory,
+        "engine",
+        SECCLF_ATTACK_ARTIFACT="",
+        SECCLF_CVSS_ARTIFACT=str(DEFAULT_CVSS),
+        SECCLF_UNHEALTHY_EXIT_S="3",
+    )
+    try:
+        for child in psutil.Process(s.proc.pid).children(recursive=True):  # the vLLM engine core
+            child.kill()
+        deadline = time.time() + 30
+        while time.time() < deadline and httpx.get(s.url + "/readyz").status_code == 200:
+            time.sleep(0.2)
+        assert httpx.get(s.url + "/readyz").status_code == 503
+        t = time.perf_counter()
+        r = httpx.post(s.url + "/classify/cvss", json={"description": "buffer overflow"}, timeout=30)
+        assert r.status_code == 503 and time.perf_counter() - t < 10
+        assert s.proc.wait(60) == 3  # exits non-zero so the container restarts it
+    finally:
+        s.stop()
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.fixture()
+def api_schema(service):
+    return schemathesis.openapi.from_url(service.url + "/openapi.json")
+
+
+@schema.parametrize()
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_fuzz_no_server_errors(case, service):
+    case.call_and_validate(base_url=service.url, checks=[not_a_server_error], timeout=120)

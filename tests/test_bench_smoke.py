@@ -44,3 +44,32 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
     assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 100
     assert result_file.with_suffix(".md").read_text().count("|") > 20
     assert result_file.with_suffix(".png").stat().st_size > 1000
+
+
+def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
+    env = {**os.environ, "DATA_DIR": str(cti_vsp.parent.parent)}
+    out = tmp_path / "soak.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--requests",
+            "150",
+            "--concurrency",
+            "16",
+            "--port",
+            str(free_port()),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["lost"] == 0 and result["statuses"] == {"200": 150}
+    assert result["latency"]["p99"] > 0 and result["peak_rss_mb"] > 100

@@ -49,6 +49,14 @@ def base_model() -> Path:
     return BASE_MODEL
 
 
+def run_module(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m module args...` in the repo, output captured (the CLIs as a user runs them)."""
+    full_env = {**os.environ, "SECCLF_NO_PROGRESS": "1", **env}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=1800
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

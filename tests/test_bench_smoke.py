@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port, run_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
-    env = {**os.environ, "DATA_DIR": str(cti_vsp.parent.parent)}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--n",
-            "4",
-            "--repeats",
-            "1",
-            "--port",
-            str(free_port()),
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    r = run_module(
+        "bench.run",
+        "--n",
+        "4",
+        "--repeats",
+        "1",
+        "--port",
+        str(free_port()),
+        "--out",
+        str(tmp_path),
+        DATA_DIR=str(cti_vsp.parent.parent),
     )
     assert r.returncode == 0, r.stderr[-4000:]
     [result_file] = tmp_path.glob("*.json")
@@ -47,27 +35,18 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
 
 
 def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
-    env = {**os.environ, "DATA_DIR": str(cti_vsp.parent.parent)}
     out = tmp_path / "soak.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.soak",
-            "--requests",
-            "150",
-            "--concurrency",
-            "16",
-            "--port",
-            str(free_port()),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    r = run_module(
+        "bench.soak",
+        "--requests",
+        "150",
+        "--concurrency",
+        "16",
+        "--port",
+        str(free_port()),
+        "--out",
+        str(out),
+        DATA_DIR=str(cti_vsp.parent.parent),
     )
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(out.read_text())

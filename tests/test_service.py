@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 
 import httpx
 import pytest
 from cvss import CVSS3
 
-from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, REPO
+from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -187,23 +184,15 @@ def test_metrics_exposed_after_traffic(client):
 
 
 def _evaluate(task: str, data) -> list[dict]:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "evaluate",
-            "--task",
-            task,
-            "--artifact",
-            str(DEFAULT_CVSS if task == "cvss" else DEFAULT_ATTACK),
-            "--data",
-            str(data),
-        ],
-        cwd=REPO,
-        env={**os.environ, "SECCLF_NO_PROGRESS": "1"},
-        capture_output=True,
-        text=True,
+    r = run_module(
+        "training",
+        "evaluate",
+        "--task",
+        task,
+        "--artifact",
+        str(DEFAULT_CVSS if task == "cvss" else DEFAULT_ATTACK),
+        "--data",
+        str(data),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     path = (DEFAULT_CVSS if task == "cvss" else DEFAULT_ATTACK) / "report" / f"predictions_{task}.jsonl"

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, REPO
+from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
 from training.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SECCLF_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env, capture_output=True, text=True)
+def _cli(*args: str):
+    return run_module("training", *args)
 
 
 def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):

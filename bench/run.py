@@ -58,8 +58,19 @@ def median_of(fn, repeats: int) -> dict:
 
 
 # -- in-process baselines ------------------------------------------------------------------------
+SEED_PROMPT = (
+    "Analyze the following CVE description and determine its CVSS v3.1 {name} ({key}).\n"
+    "CVE Description: {text}\nValid options: {options}.\n{name}:"
+)
+
+
 def engine_cvss(cves: list[str], repeats: int) -> dict:
-    """The same vLLM engine settings and adapter as the service, called in-process (no HTTP)."""
+    """The same vLLM engine settings and adapter as the service, called in-process (no HTTP); plus the
+    seed notebook's method on the same engine and adapter: 8 prompts per description (one per metric),
+    each constrained to the metric's word labels."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
     from service.models.cvss import CvssModel
     from service.settings import Settings
 
@@ -71,8 +82,36 @@ def engine_cvss(cves: list[str], repeats: int) -> dict:
         await run_concurrent(call, prompts[:4], 4)  # warm-up
         c16 = [await run_concurrent(call, prompts, 16) for _ in range(repeats)]
         c1 = [await run_concurrent(call, prompts[:16], 1) for _ in range(repeats)]
+
+        metrics = model.labels.metrics
+        params = [
+            SamplingParams(
+                temperature=0.0,
+                max_tokens=8,
+                structured_outputs=StructuredOutputsParams(choice=list(m.values.values())),
+            )
+            for m in metrics
+        ]
+
+        async def seed_one(text: str) -> None:
+            async def one_metric(m, sp):
+                prompt = SEED_PROMPT.format(
+                    name=m.name, key=m.key, text=model.preprocess(text)[0], options=", ".join(m.values.values())
+                )
+                async for _ in model.engine.generate(
+                    prompt,
+                    sp,
+                    request_id=f"seed-{id(text)}-{m.key}-{time.time_ns()}",
+                    lora_request=model.lora_request(),
+                ):
+                    pass
+
+            await asyncio.gather(*(one_metric(m, sp) for m, sp in zip(metrics, params, strict=True)))
+
+        await run_concurrent(seed_one, cves[:2], 2)  # warm-up
+        seed = [await run_concurrent(seed_one, cves, 16) for _ in range(repeats)]
         await model.close()
-        return {"c16": _median(c16), "c1": _median(c1, key="p50")}
+        return {"c16": _median(c16), "c1": _median(c1, key="p50"), "seed_8_prompts_c16": _median(seed)}
 
     return asyncio.run(go())
 
@@ -202,6 +241,12 @@ def table(r: dict) -> str:
             "≥ 0.9×",
         ),
         ("CVSS p50 at c=1 (s): service / engine", s["cvss"]["c1"]["p50"], e["c1"]["p50"], "≤ 1.1×"),
+        (
+            "CVSS desc/s at c=16, engine: one constrained pass / seed's 8 prompts",
+            e["c16"]["items_per_s"],
+            e["seed_8_prompts_c16"]["items_per_s"],
+            "≥ 4×",
+        ),
         (
             "ATT&CK texts/s at c=32: service / naive per-request",
             s["attack"]["c32"]["items_per_s"],

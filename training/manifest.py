@@ -162,6 +162,7 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; artifacts are shared read-only data
     try:
         write_files(staging)
         _check_no_pickles(staging)

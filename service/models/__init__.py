@@ -1,0 +1,1 @@
+"""One class per model kind: load / preprocess / predict / postprocess."""

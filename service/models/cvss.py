@@ -1,0 +1,173 @@
+"""CVSS model: the causal LM + LoRA adapter served by vLLM's async engine with a grammar restricted to
+the manifest's label vocabulary, so every answer is a valid vector."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from pathlib import Path
+
+from training.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
+from training.metrics import score_vector
+from training.modeling import base_for, load_tokenizer
+from training.predict import cvss_value_token_ids, render
+
+from service.metrics import GENERATED_TOKENS, ITEMS, TRUNCATED
+from service.schemas import CvssMetricResult, CvssResult, ModelInfo
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_ADAPTER = "default"
+
+
+class EngineUnavailable(RuntimeError):
+    """The vLLM engine is dead or failed this request."""
+
+
+class UnknownAdapter(KeyError):
+    pass
+
+
+class CvssModel:
+    def __init__(self, artifact: Path, settings: Settings) -> None:
+        self.settings = settings
+        self.artifact = Path(artifact).resolve()
+        self.manifest: Manifest = load_manifest(self.artifact)  # verifies every hash
+        if not isinstance(self.manifest.labels, CvssLabels):
+            raise ArtifactError(f"{artifact}: task {self.manifest.task!r}, expected a CVSS artifact")
+        self.labels: CvssLabels = self.manifest.labels
+        self.base = base_for(self.manifest, settings.base_model)
+        self.adapters: dict[str, tuple[Path, Manifest]] = {DEFAULT_ADAPTER: (self.artifact, self.manifest)}
+        for name, path in settings.cvss_extra_adapters.items():
+            extra = load_manifest(Path(path))
+            if extra.task != "cvss" or extra.labels != self.labels or extra.prompt_template != self.manifest.prompt_template:
+                raise ArtifactError(f"adapter {name} ({path}) is not a CVSS adapter with the same labels and prompt")
+            if extra.base_model.weights_sha256 != self.manifest.base_model.weights_sha256:
+                raise ArtifactError(f"adapter {name} ({path}) was trained on another base model")
+            self.adapters[name] = (Path(path).resolve(), extra)
+        self.engine = None
+        self.tokenizer = None
+        self._lora: dict[str, object] = {}
+        self._value_ids: list[dict[int, str]] = []
+
+    # -- load ---------------------------------------------------------------------------------
+    async def load(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.cpu_kvcache_gib))
+        self.tokenizer = load_tokenizer(self.base)
+        ids = cvss_value_token_ids(self.tokenizer, self.labels)
+        self._value_ids = [dict(zip(tids, m.values, strict=True)) for tids, m in zip(ids, self.labels.metrics, strict=True)]
+        rank = max(int(m.hyperparameters.get("lora_r", 16)) for _, m in self.adapters.values())
+        args = AsyncEngineArgs(
+            model=self.base,
+            tokenizer=self.base,
+            dtype=s.vllm_dtype,
+            max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            enforce_eager=s.enforce_eager,
+            enable_lora=True,
+            max_lora_rank=max(s.max_lora_rank, rank),
+            max_loras=max(1, len(self.adapters)),
+            max_num_seqs=s.max_num_seqs,
+            tensor_parallel_size=s.tensor_parallel_size,
+            logprobs_mode="processed_logprobs",  # probabilities after the grammar mask
+            trust_remote_code=False,
+            enable_prefix_caching=True,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self._lora = {
+            name: LoRARequest(f"{name}-{m.version}", i + 1, str(path))
+            for i, (name, (path, m)) in enumerate(self.adapters.items())
+        }
+        log.info("CVSS engine ready: base=%s adapters=%s", self.base, list(self.adapters))
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.engine is not None and not self.engine.errored
+
+    def info(self, adapter: str = DEFAULT_ADAPTER) -> ModelInfo:
+        m = self.adapters[adapter][1]
+        return ModelInfo(name=m.name, version=m.version, task="cvss", base_model=self.base, adapter=adapter)
+
+    # -- preprocess / predict / postprocess -----------------------------------------------------
+    def preprocess(self, text: str) -> tuple[str, bool]:
+        """Truncate and template exactly as training did (same function, same manifest)."""
+        return render(self.tokenizer, self.manifest, text)
+
+    def sampling_params(self):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        width = max(len(m.values) for m in self.labels.metrics)
+        return SamplingParams(
+            temperature=0.0,
+            max_tokens=len(self.labels.metrics),
+            logprobs=width,
+            structured_outputs=StructuredOutputsParams(regex=self.labels.answer_regex()),
+        )
+
+    def lora_request(self, adapter: str = DEFAULT_ADAPTER):
+        if adapter not in self._lora:
+            raise UnknownAdapter(adapter)
+        return self._lora[adapter]
+
+    async def predict(self, prompt: str, adapter: str = DEFAULT_ADAPTER):
+        lora = self.lora_request(adapter)
+        if not self.healthy:
+            raise EngineUnavailable("the vLLM engine is not running")
+        final = None
+        try:
+            async for out in self.engine.generate(
+                prompt, self.sampling_params(), request_id=uuid.uuid4().hex, lora_request=lora
+            ):
+                final = out
+        except Exception as e:  # engine dead or request failed inside the engine
+            raise EngineUnavailable(f"vLLM generation failed: {e}") from e
+        if final is None:
+            raise EngineUnavailable("vLLM returned no output")
+        return final.outputs[0]
+
+    def postprocess(self, completion, truncated: bool, adapter: str = DEFAULT_ADAPTER) -> CvssResult:
+        """Per metric: the processed (post-grammar) logprobs of its allowed values, renormalised."""
+        steps = completion.logprobs or []
+        if len(completion.token_ids) != len(self.labels.metrics) or len(steps) != len(self.labels.metrics):
+            raise EngineUnavailable(f"unexpected completion {completion.text!r}: not one token per metric")
+        metrics: dict[str, CvssMetricResult] = {}
+        values: dict[str, str] = {}
+        for m, allowed, step in zip(self.labels.metrics, self._value_ids, steps, strict=True):
+            mass = {v: 0.0 for v in m.values}
+            for token_id, lp in step.items():
+                if token_id in allowed and lp.logprob is not None and math.isfinite(lp.logprob):
+                    mass[allowed[token_id]] = math.exp(lp.logprob)
+            total = sum(mass.values())
+            if total <= 0:
+                raise EngineUnavailable(f"no probability mass on the allowed values of {m.key}")
+            probs = {v: p / total for v, p in mass.items()}
+            best = max(probs, key=probs.get)
+            values[m.key] = best
+            metrics[m.key] = CvssMetricResult(value=best, label=m.values[best], probabilities=probs)
+        vector = self.labels.vector(values)
+        score, severity = score_vector(vector)
+        ITEMS.labels("cvss").inc()
+        GENERATED_TOKENS.labels("cvss").inc(len(completion.token_ids))
+        if truncated:
+            TRUNCATED.labels("cvss").inc()
+        return CvssResult(
+            vector=vector, base_score=score, severity=severity, metrics=metrics, truncated=truncated,
+            model=self.info(adapter),
+        )
+
+    async def classify(self, text: str, adapter: str = DEFAULT_ADAPTER) -> CvssResult:
+        prompt, truncated = self.preprocess(text)
+        return self.postprocess(await self.predict(prompt, adapter), truncated, adapter)

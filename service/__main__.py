@@ -17,7 +17,12 @@ def main() -> None:
     app = create_app(s)
     # One process: vLLM's engine core runs in its own subprocess; scale out with replicas.
     # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to 30 s), then runs the lifespan exit.
-    uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        app, host=s.host, port=s.port, log_config=None, access_log=False, timeout_graceful_shutdown=30
+    )
+    server = uvicorn.Server(config)
+    app.state.server = server  # the watchdog asks it to stop (draining) when a model stays dead
+    server.run()
     sys.exit(app.state.exit_code)
 
 

@@ -87,7 +87,11 @@ async def _watchdog(app: FastAPI) -> None:
         elif time.monotonic() - since > s.unhealthy_exit_s:
             log.critical("still unhealthy after %.0fs (%s): exiting for a restart", s.unhealthy_exit_s, sick)
             app.state.exit_code = 3
-            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn drains in-flight requests, then stops
+            server = getattr(app.state, "server", None)
+            if server is not None:
+                server.should_exit = True  # uvicorn drains in-flight requests, then stops; main exits 3
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
             return
 
 

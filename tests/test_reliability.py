@@ -4,15 +4,15 @@ answering, loses nothing and lets no one in without the key."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, Server
 
@@ -111,7 +111,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path_factory, base_model):
     s.proc.send_signal(signal.SIGTERM)
     worker.join(120)
     assert box["r"].status_code == 200 and len(box["r"].json()["results"]) == 64
-    assert s.proc.wait(60) == 0
+    assert s.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
 
 
 def test_engine_failure_turns_unready_then_exits_nonzero(tmp_path_factory, base_model):
@@ -137,15 +137,27 @@ def test_engine_failure_turns_unready_then_exits_nonzero(tmp_path_factory, base_
         s.stop()
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@pytest.fixture()
-def api_schema(service):
-    return schemathesis.openapi.from_url(service.url + "/openapi.json")
-
-
-@schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_fuzz_no_server_errors(case, service):
-    case.call_and_validate(base_url=service.url, checks=[not_a_server_error], timeout=120)
+def test_fuzz_no_server_errors(service):
+    """schemathesis against the live OpenAPI schema, a bounded number of cases per operation: no 5xx."""
+    st = Path(sys.executable).parent / "schemathesis"
+    r = subprocess.run(
+        [
+            str(st),
+            "run",
+            service.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "15",
+            "--request-timeout",
+            "300",
+            "--workers",
+            "1",
+            "--seed",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -42,9 +42,13 @@ class AttackModel:
         self.model = load_attack_classifier(
             self.artifact, self.manifest, self.base, self.tokenizer.pad_token_id, device, pick_dtype(device, s.dtype)
         )
-        self.batcher = MicroBatcher(self.predict_batch, s.batch_max_size, s.batch_max_wait_ms, s.batch_queue_size, "attack")
+        self.batcher = MicroBatcher(
+            self.predict_batch, s.batch_max_size, s.batch_max_wait_ms, s.batch_queue_size, "attack"
+        )
         self.batcher.start()
-        log.info("ATT&CK model ready: base=%s labels=%d T=%.3f", self.base, len(self.labels.techniques), self.temperature)
+        log.info(
+            "ATT&CK model ready: base=%s labels=%d T=%.3f", self.base, len(self.labels.techniques), self.temperature
+        )
 
     async def close(self) -> None:
         if self.batcher:

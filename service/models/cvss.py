@@ -9,14 +9,13 @@ import os
 import uuid
 from pathlib import Path
 
+from service.metrics import GENERATED_TOKENS, ITEMS, TRUNCATED
+from service.schemas import CvssMetricResult, CvssResult, ModelInfo
+from service.settings import Settings
 from training.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
 from training.metrics import score_vector
 from training.modeling import base_for, load_tokenizer
 from training.predict import cvss_value_token_ids, render
-
-from service.metrics import GENERATED_TOKENS, ITEMS, TRUNCATED
-from service.schemas import CvssMetricResult, CvssResult, ModelInfo
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"
@@ -42,7 +41,11 @@ class CvssModel:
         self.adapters: dict[str, tuple[Path, Manifest]] = {DEFAULT_ADAPTER: (self.artifact, self.manifest)}
         for name, path in settings.cvss_extra_adapters.items():
             extra = load_manifest(Path(path))
-            if extra.task != "cvss" or extra.labels != self.labels or extra.prompt_template != self.manifest.prompt_template:
+            if (
+                extra.task != "cvss"
+                or extra.labels != self.labels
+                or extra.prompt_template != self.manifest.prompt_template
+            ):
                 raise ArtifactError(f"adapter {name} ({path}) is not a CVSS adapter with the same labels and prompt")
             if extra.base_model.weights_sha256 != self.manifest.base_model.weights_sha256:
                 raise ArtifactError(f"adapter {name} ({path}) was trained on another base model")
@@ -62,7 +65,9 @@ class CvssModel:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.cpu_kvcache_gib))
         self.tokenizer = load_tokenizer(self.base)
         ids = cvss_value_token_ids(self.tokenizer, self.labels)
-        self._value_ids = [dict(zip(tids, m.values, strict=True)) for tids, m in zip(ids, self.labels.metrics, strict=True)]
+        self._value_ids = [
+            dict(zip(tids, m.values, strict=True)) for tids, m in zip(ids, self.labels.metrics, strict=True)
+        ]
         rank = max(int(m.hyperparameters.get("lora_r", 16)) for _, m in self.adapters.values())
         args = AsyncEngineArgs(
             model=self.base,
@@ -164,7 +169,11 @@ class CvssModel:
         if truncated:
             TRUNCATED.labels("cvss").inc()
         return CvssResult(
-            vector=vector, base_score=score, severity=severity, metrics=metrics, truncated=truncated,
+            vector=vector,
+            base_score=score,
+            severity=severity,
+            metrics=metrics,
+            truncated=truncated,
             model=self.info(adapter),
         )
 

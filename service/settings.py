@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (ATT&CK head)")
 
     # vLLM engine (CVSS)
-    vllm_dtype: str = "bfloat16"
+    vllm_dtype: str = Field("auto", description="auto: bfloat16 on a GPU, float32 on a CPU (2.5x faster on AVX2)")
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.85
     cpu_kvcache_gib: int = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU")

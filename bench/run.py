@@ -39,12 +39,13 @@ def machine() -> str:
     return f"cpu{psutil.cpu_count()}-{platform.machine()}"
 
 
-def inputs(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
+def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
+    """The first `n` validation CVEs (examples: description + true vector) and held-out CTI-HAL texts."""
     from training.catalogue import catalogue
     from training.data import load_cti_hal, load_cvss
 
     val = set(json.loads((CVSS_ART / "split.json").read_text())["validation_ids"])
-    cves = [e.description for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]) if e.cve_id in val]
+    cves = [e for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]) if e.cve_id in val]
     seen = set(json.loads((ATTACK_ART / "split.json").read_text())["train_groups"])
     hal, _ = load_cti_hal(data_dir / "cti-hal" / "data", catalogue().remap)
     texts = [e.text for e in hal if e.group not in seen]
@@ -58,19 +59,8 @@ def median_of(fn, repeats: int) -> dict:
 
 
 # -- in-process baselines ------------------------------------------------------------------------
-SEED_PROMPT = (
-    "Analyze the following CVE description and determine its CVSS v3.1 {name} ({key}).\n"
-    "CVE Description: {text}\nValid options: {options}.\n{name}:"
-)
-
-
 def engine_cvss(cves: list[str], repeats: int) -> dict:
-    """The same vLLM engine settings and adapter as the service, called in-process (no HTTP); plus the
-    seed notebook's method on the same engine and adapter: 8 prompts per description (one per metric),
-    each constrained to the metric's word labels."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
+    """The service's CVSS model class with the same settings and artifact, called in-process (no HTTP)."""
     from service.models.cvss import CvssModel
     from service.settings import Settings
 
@@ -78,42 +68,96 @@ def engine_cvss(cves: list[str], repeats: int) -> dict:
         model = CvssModel(CVSS_ART, Settings())
         await model.load()
         prompts = [model.preprocess(t)[0] for t in cves]
-        call = model.predict
-        await run_concurrent(call, prompts[:4], 4)  # warm-up
-        c16 = [await run_concurrent(call, prompts, 16) for _ in range(repeats)]
-        c1 = [await run_concurrent(call, prompts[:16], 1) for _ in range(repeats)]
-
-        metrics = model.labels.metrics
-        params = [
-            SamplingParams(
-                temperature=0.0,
-                max_tokens=8,
-                structured_outputs=StructuredOutputsParams(choice=list(m.values.values())),
-            )
-            for m in metrics
-        ]
-
-        async def seed_one(text: str) -> None:
-            async def one_metric(m, sp):
-                prompt = SEED_PROMPT.format(
-                    name=m.name, key=m.key, text=model.preprocess(text)[0], options=", ".join(m.values.values())
-                )
-                async for _ in model.engine.generate(
-                    prompt,
-                    sp,
-                    request_id=f"seed-{id(text)}-{m.key}-{time.time_ns()}",
-                    lora_request=model.lora_request(),
-                ):
-                    pass
-
-            await asyncio.gather(*(one_metric(m, sp) for m, sp in zip(metrics, params, strict=True)))
-
-        await run_concurrent(seed_one, cves[:2], 2)  # warm-up
-        seed = [await run_concurrent(seed_one, cves, 16) for _ in range(repeats)]
+        await run_concurrent(model.predict, prompts[:4], 4)  # warm-up
+        c16 = [await run_concurrent(model.predict, prompts, 16) for _ in range(repeats)]
+        c1 = [await run_concurrent(model.predict, prompts[:16], 1) for _ in range(repeats)]
         await model.close()
-        return {"c16": _median(c16), "c1": _median(c1, key="p50"), "seed_8_prompts_c16": _median(seed)}
+        return {"c16": _median(c16), "c1": _median(c1, key="p50"), "merged_adapter": model.merged}
 
     return asyncio.run(go())
+
+
+def cvss_methods(examples: list, repeats: int) -> dict:
+    """Our one constrained pass vs the seed's 8 prompts per description, on one vLLM engine serving both
+    LoRA adapters (same engine, same adapter family), at concurrency 16; accuracy on the same CVEs."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from bench.seed_method import SEED_ADAPTER, seed_prompts, word_choices
+    from service.models.cvss import CvssModel
+    from service.settings import Settings
+    from training.prompting import truncate
+
+    async def go():
+        model = CvssModel(CVSS_ART, Settings(cvss_merge_adapter="never"))
+        await model.load()
+        labels = model.labels
+        truths = [e.values for e in examples]
+        predicted: dict[int, dict[str, str]] = {}
+
+        async def ours(i: int) -> None:
+            prompt, truncated = model.preprocess(examples[i].description)
+            result = model.postprocess(await model.predict(prompt), truncated)
+            predicted[i] = {k: m.value for k, m in result.metrics.items()}
+
+        seed_lora = LoRARequest("seed-method", 99, str(SEED_ADAPTER)) if SEED_ADAPTER.is_dir() else None
+        choices = word_choices(labels)
+        params = [
+            SamplingParams(temperature=0.0, max_tokens=8, structured_outputs=StructuredOutputsParams(choice=c))
+            for c in choices
+        ]
+        seed_predicted: dict[int, dict[str, str]] = {}
+
+        async def seed(i: int) -> None:
+            cut = truncate(model.tokenizer, examples[i].description, model.manifest.max_input_tokens)[0]
+
+            async def one(m, prompt, sp, allowed):
+                final = None
+                async for out in model.engine.generate(
+                    prompt, sp, request_id=f"seed-{i}-{m.key}-{time.time_ns()}", lora_request=seed_lora
+                ):
+                    final = out
+                return list(m.values)[allowed.index(final.outputs[0].text)]
+
+            values = await asyncio.gather(
+                *(
+                    one(m, pr, sp, al)
+                    for m, pr, sp, al in zip(labels.metrics, seed_prompts(labels, cut), params, choices, strict=True)
+                )
+            )
+            seed_predicted[i] = {m.key: v for m, v in zip(labels.metrics, values, strict=True)}
+
+        idx = list(range(len(examples)))
+        await run_concurrent(ours, idx[:4], 4)  # warm-up
+        ours_runs = [await run_concurrent(ours, idx, 16) for _ in range(repeats)]
+        await run_concurrent(seed, idx[:2], 2)  # warm-up
+        seed_runs = [await run_concurrent(seed, idx, 16) for _ in range(repeats)]
+        await model.close()
+        return {
+            "ours_c16": _median(ours_runs),
+            "seed_8_prompts_c16": _median(seed_runs),
+            "ours_accuracy": _accuracy(predicted, truths),
+            "seed_accuracy": _accuracy(seed_predicted, truths) if seed_lora else None,
+            "seed_adapter": _seed_info(SEED_ADAPTER),
+        }
+
+    return asyncio.run(go())
+
+
+def _accuracy(predicted: dict[int, dict[str, str]], truths: list[dict[str, str]]) -> dict:
+    keys = list(truths[0])
+    hits = [[predicted[i][k] == t[k] for k in keys] for i, t in enumerate(truths) if i in predicted]
+    return {
+        "n": len(hits),
+        "mean_per_metric": sum(map(sum, hits)) / (len(hits) * len(keys)) if hits else None,
+        "exact_vector": sum(all(h) for h in hits) / len(hits) if hits else None,
+    }
+
+
+def _seed_info(path: Path) -> dict | None:
+    f = path / "seed-training.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def _median(runs: list[dict], key: str = "items_per_s") -> dict:
@@ -232,7 +276,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def table(r: dict) -> str:
-    s, e, a = r["service"], r["engine"], r["attack_baselines"]
+    s, e, a, cm = r["service"], r["engine"], r["attack_baselines"], r["cvss_methods"]
     rows = [
         (
             "CVSS desc/s at c=16: service / engine in-process",
@@ -242,9 +286,9 @@ def table(r: dict) -> str:
         ),
         ("CVSS p50 at c=1 (s): service / engine", s["cvss"]["c1"]["p50"], e["c1"]["p50"], "≤ 1.1×"),
         (
-            "CVSS desc/s at c=16, engine: one constrained pass / seed's 8 prompts",
-            e["c16"]["items_per_s"],
-            e["seed_8_prompts_c16"]["items_per_s"],
+            "CVSS desc/s at c=16, one LoRA engine: one constrained pass / seed's 8 prompts",
+            r["cvss_methods"]["ours_c16"]["items_per_s"],
+            r["cvss_methods"]["seed_8_prompts_c16"]["items_per_s"],
             "≥ 4×",
         ),
         (
@@ -275,6 +319,17 @@ def table(r: dict) -> str:
             lines.append(
                 f"| {route} | {k[1:]} | {v['p50']:.3f} | {v['p95']:.3f} | {v['p99']:.3f} | {v['items_per_s']:.2f} |"
             )
+    acc = [("ours: one constrained pass", cm["ours_accuracy"]), ("seed: 8 prompts, word labels", cm["seed_accuracy"])]
+    lines += ["", "| CVSS method (validation CVEs) | n | mean per-metric accuracy | exact vector |"]
+    lines.append("|---|---|---|---|")
+    for name, a_ in acc:
+        if a_ is None:
+            lines.append(f"| {name} | – | no seed adapter (run `python -m bench.seed_method train`) | – |")
+        else:
+            lines.append(f"| {name} | {a_['n']} | {a_['mean_per_metric']:.3f} | {a_['exact_vector']:.3f} |")
+    if cm["seed_adapter"]:
+        lines.append(f"\nSeed adapter: {json.dumps(cm['seed_adapter'])}")
+    lines.append(f"\nService CVSS engine: adapter merged into the base = {e['merged_adapter']}")
     lines += [
         "",
         f"Cold start to ready: {r['cold_start_s']:.1f} s; peak service RSS (with engine process): "
@@ -291,7 +346,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8077)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
-    cves, texts = inputs(args.data_dir, args.n)
+    examples, texts = inputs(args.data_dir, args.n)
+    cves = [e.description for e in examples]
     result = {
         "machine": machine(),
         "date": date.today().isoformat(),
@@ -300,6 +356,7 @@ def main() -> None:
         "repeats": args.repeats,
     }
     result["engine"] = engine_cvss(cves, args.repeats)
+    result["cvss_methods"] = cvss_methods(examples, args.repeats)
     result["attack_baselines"] = attack_offline_and_naive(texts, args.repeats)
     svc = Service(args.port)
     try:

@@ -79,7 +79,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8078)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = ap.parse_args()
-    cves, texts = inputs(args.data_dir, 120)
+    examples, texts = inputs(args.data_dir, 120)
+    cves = [e.description for e in examples]
     svc = Service(args.port)
     try:
         svc.wait_ready()

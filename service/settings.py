@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,17 @@ class Settings(BaseSettings):
     max_num_seqs: int = 64
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
+    cvss_merge_adapter: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Fold the CVSS adapter into the base weights (cached in cache_dir). auto: on a CPU with a "
+        "single adapter, where vLLM's LoRA path costs ~3x; extra adapters keep multi-LoRA serving",
+    )
+    cpu_threads_bind: str = Field(
+        "auto",
+        description="VLLM_CPU_OMP_THREADS_BIND. auto: every core on machines with <= 4 cores (vLLM's own "
+        "auto keeps one core for its scheduler: half of a 2-core machine), vLLM's auto above that",
+    )
+    cache_dir: Path = Field(REPO_ROOT / "models" / "cache", description="Merged-model cache (safe to delete)")
 
     # ATT&CK micro-batcher
     batch_max_size: int = 32

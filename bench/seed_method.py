@@ -1,0 +1,121 @@
+"""The seed notebook's CVSS method, for the side-by-side benchmark: 8 prompts per description (one per
+metric), each answered with the metric's word label ("Network", "Adjacent Network", ...).
+
+`python -m bench.seed_method train` fine-tunes a LoRA for that format with the default artifact's LoRA
+settings, on the same training CVEs (its split.json), for the same number of optimizer steps (equal
+compute), and saves it as PEFT safetensors to models/seed-cvss-adapter (outside git). `bench.run`
+then serves both adapters from one vLLM engine and compares speed and validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CVSS_ART = REPO / "artifacts" / "cvss-default"
+SEED_ADAPTER = REPO / "models" / "seed-cvss-adapter"
+SEED_PROMPT = (
+    "Analyze the following CVE description and determine its CVSS v3.1 {name} ({key}).\n"
+    "CVE Description: {text}\nValid options: {options}.\n{name}:"
+)
+
+
+def seed_prompts(labels, text: str) -> list[str]:
+    """One prompt per metric, in metric order; `text` is already truncated as the manifest says."""
+    return [
+        SEED_PROMPT.format(name=m.name, key=m.key, text=text, options=", ".join(m.values.values()))
+        for m in labels.metrics
+    ]
+
+
+def word_choices(labels) -> list[list[str]]:
+    """Per metric, the allowed answers as the model writes them (a space, then the word label)."""
+    return [[" " + w for w in m.values.values()] for m in labels.metrics]
+
+
+def train(data: Path, steps: int | None, out: Path) -> dict:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.artifacts import save_adapter_16bit
+    from training.data import load_cvss
+    from training.manifest import load_manifest
+    from training.modeling import base_for, load_tokenizer
+    from training.prompting import truncate
+    from training.trainer import AnswerOnlyTrainer, TrainConfig, lora_config
+    from training.trainer import train as run_trainer
+
+    manifest = load_manifest(CVSS_ART)
+    hp = manifest.hyperparameters
+    base = base_for(manifest)
+    tok = load_tokenizer(base)
+    train_ids = set(json.loads((CVSS_ART / "split.json").read_text())["train_ids"])
+    examples = [e for e in load_cvss([data]) if e.cve_id in train_ids]
+    labels = manifest.labels
+    choices = word_choices(labels)
+    rows = []
+    for e in examples:
+        text = truncate(tok, e.description, manifest.max_input_tokens)[0]
+        for m, prompt, allowed in zip(labels.metrics, seed_prompts(labels, text), choices, strict=True):
+            answer = tok.encode(allowed[list(m.values).index(e.values[m.key])], add_special_tokens=False)
+            rows.append({"input_ids": tok.encode(prompt, add_special_tokens=False) + answer, "labels": answer})
+    width = max(len(r["labels"]) for r in rows)
+    for r in rows:  # equal-length labels; -100 (ignored by the loss) on the prompt tokens before short answers
+        r["labels"] = [-100] * (width - len(r["labels"])) + r["labels"]
+    # Equal compute: as many optimizer steps of the same batch size as the default adapter took.
+    ours_steps = math.ceil(manifest.training_data.n_train / int(hp["batch_size"])) * float(hp["epochs"])
+    steps = steps or int(ours_steps)
+    cfg = TrainConfig(
+        learning_rate=float(hp["learning_rate"]),
+        batch_size=int(hp["batch_size"]),
+        lora_r=int(hp["lora_r"]),
+        lora_alpha=int(hp["lora_alpha"]),
+        lora_layers=int(hp["lora_layers"]),
+        seed=int(hp["seed"]),
+        max_steps=steps,
+    )
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+    started = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        stats = run_trainer(model, rows, tok.pad_token_id, cfg, work, AnswerOnlyTrainer, "left")
+    info = {
+        "steps": steps,
+        "default_adapter_steps": ours_steps,
+        "train_rows": len(rows),
+        "train_cves": len(examples),
+        "train_seconds": round(time.time() - started, 1),
+        "train_loss": stats.get("train_loss"),
+    }
+    staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".seed-"))
+    save_adapter_16bit(model, staging)
+    (staging / "seed-training.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("command", choices=["train"])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data")))
+    ap.add_argument("--steps", type=int, default=0, help="0: as many as the default adapter took")
+    ap.add_argument("--out", type=Path, default=SEED_ADAPTER)
+    args = ap.parse_args()
+    tsv = args.data / "cti-vsp" / "cti-vsp.tsv" if args.data.is_dir() else args.data
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(train(tsv, args.steps or None, args.out), indent=2))
+
+
+if __name__ == "__main__":
+    main()

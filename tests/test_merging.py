@@ -1,0 +1,46 @@
+"""Folding the CVSS adapter into the base (the CPU serving path): same logits as base + LoRA, built once,
+rebuilt when the cached copy was altered."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import DEFAULT_CVSS
+from training.manifest import load_manifest
+from training.merging import merged_model_dir
+
+
+@torch.inference_mode()
+def test_merged_model_matches_lora_and_is_cached(tmp_path, base_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from training.modeling import load_tokenizer
+
+    manifest = load_manifest(DEFAULT_CVSS)
+    merged = merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    assert not list(tmp_path.glob(".merging-*")), "staging folder left behind"
+
+    tok = load_tokenizer(str(base_model))
+    prompt = manifest.render_prompt("A SQL injection in the login form allows remote attackers to run commands.")
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, use_safetensors=True)
+    lora = PeftModel.from_pretrained(base, str(DEFAULT_CVSS)).eval()
+    folded = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, use_safetensors=True).eval()
+    want, got = lora(ids).logits[0, -1], folded(ids).logits[0, -1]
+    with lora.disable_adapter():
+        untouched = lora(ids).logits[0, -1]
+    assert not torch.allclose(want, untouched, atol=1e-3), "the adapter should change the logits"
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
+
+    mtime = (merged / "model.safetensors").stat().st_mtime_ns
+    assert merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path) == merged
+    assert (merged / "model.safetensors").stat().st_mtime_ns == mtime, "a valid cached copy is reused"
+
+    with (merged / "model.safetensors").open("r+b") as f:  # corrupt the cached weights
+        f.seek(-64, 2)
+        f.write(b"\0" * 64)
+    again = merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
+    rebuilt = AutoModelForCausalLM.from_pretrained(again, dtype=torch.float32, use_safetensors=True).eval()
+    torch.testing.assert_close(rebuilt(ids).logits[0, -1], want, atol=2e-3, rtol=1e-3)

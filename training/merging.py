@@ -1,0 +1,64 @@
+"""Fold a LoRA adapter into its base weights, cached on disk by (base hash, adapter hash).
+
+vLLM's CPU LoRA path costs about 3x the base model's own time per token (measured in
+`bench/cvss_tuning.py`); a merged model serves one adapter at the base model's speed. The merged
+folder is written atomically and its weights hash is re-checked on every reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from training.base_model import weights_hash
+from training.manifest import ArtifactError, Manifest
+
+log = logging.getLogger(__name__)
+STAMP = "secclf-merged.json"
+
+
+def merged_model_dir(base: str, artifact: Path, manifest: Manifest, cache_dir: Path) -> Path:
+    """A safetensors model folder holding base + adapter, built once per (base, adapter) pair."""
+    adapter_hash = manifest.files.get("adapter_model.safetensors")
+    base_hash = weights_hash(base) or manifest.base_model.weights_sha256
+    if not adapter_hash or not base_hash:
+        raise ArtifactError(f"{artifact}: cannot key a merged model without base and adapter hashes")
+    out = Path(cache_dir) / f"{manifest.name}-{base_hash[:12]}-{adapter_hash[:12]}"
+    stamp = out / STAMP
+    if stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded.get("weights_sha256") == weights_hash(str(out)):
+            log.info("using cached merged model %s", out)
+            return out
+        log.warning("merged model %s does not match its stamp; rebuilding", out)
+    _build(base, artifact, out, {"base_sha256": base_hash, "adapter_sha256": adapter_hash})
+    return out
+
+
+def _build(base: str, artifact: Path, out: Path, stamp: dict) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".merging-"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        )
+        model = PeftModel.from_pretrained(model, str(artifact)).merge_and_unload()
+        model.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base, trust_remote_code=False).save_pretrained(staging)
+        stamp["weights_sha256"] = weights_hash(str(staging))
+        (staging / STAMP).write_text(json.dumps(stamp, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)  # atomic: a crash leaves only a .merging-* folder, never a half model
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("merged %s into %s -> %s", artifact, base, out)

@@ -125,9 +125,11 @@ def run_one(cfg: dict, n: int, repeats: int, data: Path) -> dict:
     }
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], header: str = "") -> str:
     base = rows[0]["desc_per_s"]
     lines = [
+        header,
+        "",
         "| configuration | desc/s (all at once) | vs before | p50 one prompt (s) | tokens out |",
         "|---|---|---|---|---|",
     ]
@@ -173,9 +175,15 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"cvss-tuning-{date.today().isoformat()}"
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    stem.with_suffix(".md").write_text(table(rows) + "\n")
-    print(table(rows))
+    from bench.run import machine
+
+    header = (
+        f"Machine: {machine()} ({date.today().isoformat()}); {args.n} validation CVEs "
+        f"(~{rows[0].get('prompt_tokens', 0):.0f} prompt tokens each), median of {args.repeats} repeats"
+    )
+    stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    stem.with_suffix(".md").write_text(table(rows, header) + "\n")
+    print(table(rows, header))
 
 
 if __name__ == "__main__":

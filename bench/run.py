@@ -29,6 +29,7 @@ ATTACK_ART = REPO / "artifacts" / "attack-default"
 
 
 def machine() -> str:
+    """The device in words, file-name safe: GPU name, else CPU model and core count."""
     try:
         import torch
 
@@ -36,7 +37,12 @@ def machine() -> str:
             return torch.cuda.get_device_name(0).replace(" ", "-")
     except Exception:
         pass
-    return f"cpu{psutil.cpu_count()}-{platform.machine()}"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1] for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return "cpu-" + "-".join(model.split()) + f"-{psutil.cpu_count()}c"
 
 
 def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:

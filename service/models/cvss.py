@@ -1,5 +1,8 @@
 """CVSS model: the causal LM + LoRA adapter served by vLLM's async engine with a grammar restricted to
-the manifest's label vocabulary, so every answer is a valid vector."""
+the manifest's label vocabulary, so every answer is a valid vector.
+
+On a CPU with one adapter the LoRA is folded into the base weights first (vLLM's CPU LoRA path costs
+~3x; see bench/cvss_tuning.py); with extra adapters, or on a GPU, vLLM serves them as LoRAs."""
 
 from __future__ import annotations
 

@@ -192,15 +192,19 @@ def attack_offline_and_naive(texts: list[str], repeats: int) -> dict:
             m.predict_batch([x])
         return {"items_per_s": len(texts) / (time.perf_counter() - t)}
 
-    def offline(bs: int = 32):
-        order = sorted(texts, key=len)  # length-sorted batches: least padding, the hardware limit
+    def offline(bs: int):
+        order = sorted(texts, key=len)  # length-sorted batches: least padding
         t = time.perf_counter()
         for i in range(0, len(order), bs):
             m.predict_batch(order[i : i + bs])
-        return {"items_per_s": len(texts) / (time.perf_counter() - t)}
+        return {"items_per_s": len(texts) / (time.perf_counter() - t), "batch_size": bs}
+
+    def best_offline():
+        # The hardware limit: the best batch size for this device (on a CPU big padded batches lose)
+        return max((offline(bs) for bs in (4, 8, 16, 32)), key=lambda r: r["items_per_s"])
 
     with torch.inference_mode():
-        return {"naive": median_of(naive, repeats), "offline_batched": median_of(offline, repeats)}
+        return {"naive": median_of(naive, repeats), "offline_batched": median_of(best_offline, repeats)}
 
 
 # -- the service -----------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class Service:
 
 
 async def service_runs(svc: Service, cves: list[str], texts: list[str], repeats: int) -> dict:
+    """Both routes through HTTP at concurrency 1/8/16/32 (no CVEs: the ATT&CK route only)."""
     async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
 
         async def cvss(t):
@@ -250,11 +255,12 @@ async def service_runs(svc: Service, cves: list[str], texts: list[str], repeats:
 
         await run_concurrent(cvss, cves[:4], 4)
         await run_concurrent(attack, texts[:8], 8)
-        out: dict = {"cvss": {}, "attack": {}}
+        out: dict = {"cvss": {}, "attack": {}} if cves else {"attack": {}}
         for conc in (1, 8, 16, 32):
             items = cves if conc > 1 else cves[:16]
-            out["cvss"][f"c{conc}"] = _median([await run_concurrent(cvss, items, conc) for _ in range(repeats)])
-            svc.rss()
+            if cves:
+                out["cvss"][f"c{conc}"] = _median([await run_concurrent(cvss, items, conc) for _ in range(repeats)])
+                svc.rss()
             out["attack"][f"c{conc}"] = _median([await run_concurrent(attack, texts, conc) for _ in range(repeats)])
             svc.rss()
         return out
@@ -267,7 +273,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for route in ("cvss", "attack"):
+    for route in results["service"]:
         runs = results["service"][route]
         conc = sorted(int(k[1:]) for k in runs)
         for p in ("p50", "p95", "p99"):
@@ -281,8 +287,44 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _ratio_table(r: dict, rows: list[tuple]) -> str:
+    lines = [
+        f"Machine: {r['machine']} ({r['date']}); n_cvss={r['n_cvss']}, n_attack={r['n_attack']}, "
+        f"repeats={r['repeats']}",
+        "",
+        "| comparison | ours | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ours, base, target in rows:
+        lines.append(f"| {name} | {ours:.3f} | {base:.3f} | {ours / base:.2f}× | {target} |")
+    lines += ["", "| route | concurrency | p50 s | p95 s | p99 s | items/s |", "|---|---|---|---|---|---|"]
+    for route, runs in r["service"].items():
+        for k, v in runs.items():
+            lines.append(
+                f"| {route} | {k[1:]} | {v['p50']:.3f} | {v['p95']:.3f} | {v['p99']:.3f} | {v['items_per_s']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def table(r: dict) -> str:
-    s, e, a, cm = r["service"], r["engine"], r["attack_baselines"], r["cvss_methods"]
+    s, a = r["service"], r["attack_baselines"]
+    attack_rows = [
+        (
+            "ATT&CK texts/s at c=32: service / naive per-request",
+            s["attack"]["c32"]["items_per_s"],
+            a["naive"]["items_per_s"],
+            "≥ 5×",
+        ),
+        (
+            f"ATT&CK texts/s at c=32: service / best offline batched (size {a['offline_batched']['batch_size']})",
+            s["attack"]["c32"]["items_per_s"],
+            a["offline_batched"]["items_per_s"],
+            "≥ 0.85×",
+        ),
+    ]
+    if "cvss" not in s:
+        return _ratio_table(r, attack_rows) + f"\n\nCold start to ready: {r['cold_start_s']:.1f} s"
+    e, cm = r["engine"], r["cvss_methods"]
     rows = [
         (
             "CVSS desc/s at c=16: service / engine in-process",
@@ -297,34 +339,9 @@ def table(r: dict) -> str:
             r["cvss_methods"]["seed_8_prompts_c16"]["items_per_s"],
             "≥ 4×",
         ),
-        (
-            "ATT&CK texts/s at c=32: service / naive per-request",
-            s["attack"]["c32"]["items_per_s"],
-            a["naive"]["items_per_s"],
-            "≥ 5×",
-        ),
-        (
-            "ATT&CK texts/s at c=32: service / offline batched",
-            s["attack"]["c32"]["items_per_s"],
-            a["offline_batched"]["items_per_s"],
-            "≥ 0.85×",
-        ),
+        *attack_rows,
     ]
-    lines = [
-        f"Machine: {r['machine']} ({r['date']}); n_cvss={r['n_cvss']}, n_attack={r['n_attack']}, "
-        f"repeats={r['repeats']}",
-        "",
-        "| comparison | ours | baseline | ratio | target |",
-        "|---|---|---|---|---|",
-    ]
-    for name, ours, base, target in rows:
-        lines.append(f"| {name} | {ours:.3f} | {base:.3f} | {ours / base:.2f}× | {target} |")
-    lines += ["", "| route | concurrency | p50 s | p95 s | p99 s | items/s |", "|---|---|---|---|---|---|"]
-    for route in ("cvss", "attack"):
-        for k, v in s[route].items():
-            lines.append(
-                f"| {route} | {k[1:]} | {v['p50']:.3f} | {v['p95']:.3f} | {v['p99']:.3f} | {v['items_per_s']:.2f} |"
-            )
+    lines = _ratio_table(r, rows).splitlines()
     acc = [("ours: one constrained pass", cm["ours_accuracy"]), ("seed: 8 prompts, word labels", cm["seed_accuracy"])]
     lines += ["", "| CVSS method (validation CVEs) | n | mean per-metric accuracy | exact vector |"]
     lines.append("|---|---|---|---|")
@@ -351,9 +368,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--port", type=int, default=8077)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--attack-only", action="store_true", help="only the ATT&CK comparisons (file suffix -attack)")
     args = ap.parse_args()
     examples, texts = inputs(args.data_dir, args.n)
-    cves = [e.description for e in examples]
+    cves = [] if args.attack_only else [e.description for e in examples]
     result = {
         "machine": machine(),
         "date": date.today().isoformat(),
@@ -361,8 +379,9 @@ def main() -> None:
         "n_attack": len(texts),
         "repeats": args.repeats,
     }
-    result["engine"] = engine_cvss(cves, args.repeats)
-    result["cvss_methods"] = cvss_methods(examples, args.repeats)
+    if cves:
+        result["engine"] = engine_cvss(cves, args.repeats)
+        result["cvss_methods"] = cvss_methods(examples, args.repeats)
     result["attack_baselines"] = attack_offline_and_naive(texts, args.repeats)
     svc = Service(args.port)
     try:
@@ -372,7 +391,7 @@ def main() -> None:
     finally:
         svc.stop()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['machine']}-{result['date']}"
+    stem = args.out / f"{result['machine']}-{result['date']}{'-attack' if args.attack_only else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(table(result) + "\n")
     plot(result, stem.with_suffix(".png"))

@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(REPO_ROOT / "models" / "cache", description="Merged-model cache (safe to delete)")
 
     # ATT&CK micro-batcher
-    batch_max_size: int = 32
+    batch_max_size: int = Field(
+        0,
+        description="Texts per ATT&CK forward pass; 0: auto, 32 on a GPU, 8 on a CPU (bigger padded batches "
+        "run slower there: bench.run measures it)",
+    )
     batch_max_wait_ms: float = 5.0
     batch_queue_size: int = 1024
 

@@ -42,9 +42,9 @@ class AttackModel:
         self.model = load_attack_classifier(
             self.artifact, self.manifest, self.base, self.tokenizer.pad_token_id, device, pick_dtype(device, s.dtype)
         )
-        self.batcher = MicroBatcher(
-            self.predict_batch, s.batch_max_size, s.batch_max_wait_ms, s.batch_queue_size, "attack"
-        )
+        # A CPU is already busy with one short text; past ~8 texts padded batches get slower per text
+        size = s.batch_max_size or (32 if device.type == "cuda" else 8)
+        self.batcher = MicroBatcher(self.predict_batch, size, s.batch_max_wait_ms, s.batch_queue_size, "attack")
         self.batcher.start()
         log.info(
             "ATT&CK model ready: base=%s labels=%d T=%.3f", self.base, len(self.labels.techniques), self.temperature

@@ -19,7 +19,7 @@ test-fast: setup
 	$(PY) -m pytest -q -rs -m "not slow"
 
 lint: setup
-	.venv/bin/ruff check service training tests && .venv/bin/ruff format --check service training tests
+	.venv/bin/ruff check service training tests bench && .venv/bin/ruff format --check service training tests bench
 
 # Reproduces the committed defaults (about 50 min on 2 CPU cores; see README).
 train-defaults: setup

@@ -7,6 +7,7 @@ folder is written atomically and its weights hash is re-checked on every reuse.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +29,14 @@ def merged_model_dir(base: str, artifact: Path, manifest: Manifest, cache_dir: P
     if not adapter_hash or not base_hash:
         raise ArtifactError(f"{artifact}: cannot key a merged model without base and adapter hashes")
     out = Path(cache_dir) / f"{manifest.name}-{base_hash[:12]}-{adapter_hash[:12]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: services starting together must not replace a folder another one is loading
+    with (out.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_or_built(base, artifact, out, base_hash, adapter_hash)
+
+
+def _cached_or_built(base: str, artifact: Path, out: Path, base_hash: str, adapter_hash: str) -> Path:
     stamp = out / STAMP
     if stamp.is_file():
         recorded = json.loads(stamp.read_text())

@@ -116,6 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
         )
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, routes=frozenset(r.path for r in app.routes if hasattr(r, "path")))
     app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)  # outermost: rejects before anything else
     return app

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.batching import QueueFull
+from service.logging_setup import REQUEST_ID
 from service.metrics import ERRORS
 from service.models.cvss import EngineUnavailable, UnknownAdapter
 
@@ -46,8 +47,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EngineUnavailable)
     async def _engine(request: Request, exc: EngineUnavailable) -> JSONResponse:
         ERRORS.labels(_route(request), "engine").inc()
-        log.error("engine failure: %s", exc)
-        return JSONResponse({"detail": f"model unavailable: {exc}"}, 503, headers={"Retry-After": RETRY_AFTER_S})
+        rid = REQUEST_ID.get()
+        log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log
+        return JSONResponse(
+            {"detail": f"model unavailable; request id {rid}", "request_id": rid},
+            503,
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
 
     @app.exception_handler(UnknownAdapter)
     async def _adapter(request: Request, exc: UnknownAdapter) -> JSONResponse:

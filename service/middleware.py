@@ -12,11 +12,16 @@ from service.metrics import ERRORS, IN_FLIGHT, REQUEST_LATENCY, REQUESTS
 access_log = logging.getLogger("service.access")
 
 
+# How much of an oversized body is read and thrown away before the 413: clients that send the whole
+# body before reading (urllib, requests, httpx) otherwise see a connection reset instead of the answer.
+DRAIN_LIMIT_BYTES = 32 * 1024 * 1024
+
+
 class BodyLimit:
     """Rejects bodies over `max_bytes` with 413, by Content-Length or while reading a chunked body."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, drain_limit: int = DRAIN_LIMIT_BYTES) -> None:
+        self.app, self.max_bytes, self.drain_limit = app, max_bytes, drain_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -24,7 +29,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+            return await self._reject(receive, send, 0)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True
@@ -35,7 +40,7 @@ class BodyLimit:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(receive, send, size, more)
             chunks.append(body)
             more = msg.get("more_body", False)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
@@ -45,7 +50,13 @@ class BodyLimit:
 
         return await self.app(scope, receive_replayed, send)
 
-    async def _reject(self, send) -> None:
+    async def _reject(self, receive, send, read: int, more: bool = True) -> None:
+        while more and read <= self.drain_limit:  # bounded: a larger body ends in a closed connection
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            read += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
         ERRORS.labels("other", "too_large").inc()
         body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         await send(
@@ -62,8 +73,8 @@ class RequestContext:
     """Request id (kept from X-Request-ID or made, returned as a header, in every log line); latency
     histogram and request counter by route template and status; in-flight gauge; one access-log line."""
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, routes: frozenset[str] = frozenset()) -> None:
+        self.app, self.routes = app, routes  # label values: known route paths only, else "other"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,7 +84,7 @@ class RequestContext:
         token = REQUEST_ID.set(rid)
         status = {"code": 500}
         path = scope.get("path", "")
-        gauge = IN_FLIGHT.labels(path if path.startswith("/classify/") else "other")
+        gauge = IN_FLIGHT.labels(path if path in self.routes else "other")  # bounded label set
         gauge.inc()
 
         async def send_wrapped(msg):

@@ -89,6 +89,10 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
     adapter = body.adapter or DEFAULT_ADAPTER
+    if len(texts) > s.max_inflight_cvss:  # could never be accepted: retrying would not help
+        raise HTTPException(
+            422, f"{len(texts)} descriptions exceed this server's in-flight limit of {s.max_inflight_cvss}"
+        )
     if m.cvss_inflight + len(texts) > s.max_inflight_cvss:  # bounded: answer at once rather than queue forever
         raise QueueFull(f"{m.cvss_inflight} CVSS texts in flight (limit {s.max_inflight_cvss})")
     m.cvss_inflight += len(texts)
@@ -111,6 +115,8 @@ async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
     attack = _require(m.attack, "ATT&CK", m)
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
+    if s.batch_queue_size and len(texts) > s.batch_queue_size:  # could never be accepted: retrying would not help
+        raise HTTPException(422, f"{len(texts)} texts exceed this server's queue of {s.batch_queue_size}")
     results = await _deadline(attack.classify_many(texts, body.top_k), s)
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 

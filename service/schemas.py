@@ -12,6 +12,12 @@ MAX_ITEMS = 64
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("must contain text, not be empty or whitespace only")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800": valid JSON, not valid text
+        raise ValueError(f"is not valid Unicode text: lone surrogate at character {e.start}") from None
+    if "\x00" in v:
+        raise ValueError("contains a NUL character")
     return v
 
 

@@ -114,14 +114,44 @@ def test_sigterm_drains_in_flight_requests(tmp_path_factory, base_model):
     assert s.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
 
 
-def test_engine_failure_turns_unready_then_exits_nonzero(tmp_path_factory, base_model):
+@pytest.fixture(scope="module")
+def cvss_small(tmp_path_factory, base_model):
+    """CVSS only, at most 4 descriptions in flight; the engine-failure test kills it last."""
     s = _server(
         tmp_path_factory,
         "engine",
         SECCLF_ATTACK_ARTIFACT="",
         SECCLF_CVSS_ARTIFACT=str(DEFAULT_CVSS),
         SECCLF_UNHEALTHY_EXIT_S="3",
+        SECCLF_MAX_INFLIGHT_CVSS="4",
     )
+    yield s
+    s.stop()
+
+
+def test_cvss_inflight_limit_with_concurrent_requests(cvss_small):
+    s = cvss_small
+    r = _post(s, {"descriptions": ["heap overflow"] * 5}, key=None, path="/classify/cvss")
+    assert r.status_code == 422 and "limit of 4" in r.json()["detail"]  # could never fit: no Retry-After
+    box: dict[int, httpx.Response] = {}
+    body = {"descriptions": ["A heap overflow in the parser allows remote code execution."] * 2}
+    threads = [
+        threading.Thread(target=lambda i=i: box.setdefault(i, _post(s, body, key=None, path="/classify/cvss")))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    codes = sorted(r.status_code for r in box.values())
+    assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+    assert all(r.headers["retry-after"] == "1" for r in box.values() if r.status_code == 503)
+    assert all(len(r.json()["results"]) == 2 for r in box.values() if r.status_code == 200)  # none half-run
+    assert _post(s, body, key=None, path="/classify/cvss").status_code == 200  # capacity came back
+
+
+def test_engine_failure_turns_unready_then_exits_nonzero(cvss_small):
+    s = cvss_small
     try:
         for child in psutil.Process(s.proc.pid).children(recursive=True):  # the vLLM engine core
             child.kill()

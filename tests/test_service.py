@@ -58,11 +58,22 @@ def test_cvss_single_and_batch(client):
     assert results[1]["vector"] == single["vector"]  # input order kept; deterministic
 
 
-def test_cvss_long_input_is_truncated_and_says_so(client):
-    r = client.post("/classify/cvss", json={"description": "overflow in parser " * 400})
-    assert r.status_code == 200
-    assert r.json()["truncated"] is True
-    assert client.post("/classify/cvss", json={"description": CVE}).json()["truncated"] is False
+def test_cvss_long_input_is_truncated_as_in_training_and_says_so(client):
+    from training.manifest import load_manifest
+    from training.modeling import base_for, load_tokenizer
+    from training.prompting import truncate
+
+    long_text = "A heap overflow in the image parser allows remote attackers to execute code. " * 60
+    r = client.post("/classify/cvss", json={"description": long_text})
+    assert r.status_code == 200 and r.json()["truncated"] is True
+    manifest = load_manifest(DEFAULT_CVSS)
+    cut, was_cut = truncate(load_tokenizer(base_for(manifest)), long_text, manifest.max_input_tokens)
+    assert was_cut and len(cut) < len(long_text)
+    same = client.post("/classify/cvss", json={"description": cut}).json()  # what training would have seen
+    assert same["truncated"] is False and same["vector"] == r.json()["vector"]
+    for k, m in same["metrics"].items():
+        for v, p in m["probabilities"].items():
+            assert math.isclose(p, r.json()["metrics"][k]["probabilities"][v], abs_tol=1e-4), (k, v)
 
 
 def test_attack_single_and_batch(client):
@@ -135,12 +146,63 @@ def test_bad_json_inputs(client, route, body, status):
 
 @pytest.mark.parametrize(
     "content, status",
-    [(b"{not json", 422), (b"\xff\xfe\x00{", 400), (b'{"text": "\xff\xfe"}', 400), (b"[]", 422)],
+    [
+        (b"{not json", 422),
+        (b"\xff\xfe\x00{", 422),  # a UTF-16 byte-order mark: not JSON text
+        (b'{"text": "\xff\xfe"}', 400),  # invalid UTF-8 inside a string
+        (b"[]", 422),
+        (b'{"text": "a\\u0000b"}', 422),
+    ],
 )
 def test_bad_bodies(client, content, status):
     r = client.post("/classify/attack", content=content, headers={"content-type": "application/json"})
-    assert r.status_code in (400, 422), r.text
+    assert r.status_code == status, r.text
     assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("route, field", [("/classify/attack", "text"), ("/classify/cvss", "description")])
+def test_lone_surrogate_is_422_and_the_model_stays_ready(client, route, field):
+    """Valid JSON, invalid text: once a 500 (CVSS) or a model marked dead for good (ATT&CK)."""
+    body = b'{"%s": "buffer overflow \\ud800 in the parser"}' % field.encode()
+    r = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "surrogate" in r.text, r.text
+    assert client.get("/readyz").status_code == 200
+    ok = {"text": REPORTS[0]} if field == "text" else {"description": CVE}
+    assert client.post(route, json=ok).status_code == 200
+
+
+def test_five_megabyte_body_reaches_a_plain_client_as_413(service):
+    """urllib sends the whole body before reading: the server must read it before answering 413."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        service.url + "/classify/attack",
+        data=b'{"text": "' + b"a" * 5_000_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=120)
+    assert err.value.code == 413 and b"larger than" in err.value.read()
+
+
+def test_unknown_paths_do_not_grow_metric_series(client):
+    for i in range(25):
+        assert client.post(f"/classify/made-up-{i}", json={"text": "x"}).status_code == 404
+    text = client.get("/metrics").text
+    assert "made-up" not in text
+    series = [ln for ln in text.splitlines() if ln.startswith("secclf_requests_in_flight{")]
+    assert {re.search(r'route="([^"]*)"', ln).group(1) for ln in series} <= {
+        "/classify/cvss",
+        "/classify/attack",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/models",
+        "/docs",
+        "/openapi.json",
+        "other",
+    }
 
 
 def test_oversized_body_is_413_and_service_stays_ready(client):
@@ -157,7 +219,7 @@ def test_oversized_body_is_413_and_service_stays_ready(client):
 def test_models_and_openapi(client):
     models = {m["task"]: m for m in client.get("/v1/models").json()["models"]}
     assert models["cvss"]["labels"] == 8 and models["attack"]["labels"] > 200
-    assert models["attack"]["temperature"] > 0 and "top1" in models["attack"]["validation_metrics"]
+    assert models["attack"]["temperature"] > 0 and "top1" in models["attack"]["validation_metrics"]["mean"]
     spec = client.get("/openapi.json").json()
     assert "/classify/cvss" in spec["paths"] and "/classify/attack" in spec["paths"]
     assert client.get("/docs").status_code == 200
@@ -200,29 +262,66 @@ def _evaluate(task: str, data) -> list[dict]:
 
 
 def test_no_drift_cvss(client, cti_vsp):
-    """The service (vLLM, bf16, grammar) agrees with `training evaluate` (transformers) on validation CVEs."""
+    """The service (vLLM, grammar, folded adapter) agrees with `training evaluate` (transformers) on the
+    validation CVEs: the same values, and the same probabilities where the vectors agree."""
     from training.data import load_cvss
 
-    expected = {p["cve_id"]: p["predicted"] for p in _evaluate("cvss", cti_vsp)}
+    evaluated = {p["cve_id"]: p for p in _evaluate("cvss", cti_vsp)}
     desc = {e.cve_id: e.description for e in load_cvss([cti_vsp])}
-    ids = sorted(expected)
+    ids = sorted(evaluated)
     got = []
     for i in range(0, len(ids), 16):
         r = client.post("/classify/cvss", json={"descriptions": [desc[c] for c in ids[i : i + 16]]})
         assert r.status_code == 200, r.text
         got += r.json()["results"]
+    expected = {c: evaluated[c]["predicted"] for c in ids}
     agree = [res["metrics"][k]["value"] == expected[c][k] for c, res in zip(ids, got, strict=True) for k in expected[c]]
     assert len(agree) == 8 * len(ids) >= 8 * 100
     assert sum(agree) / len(agree) >= 0.98, sum(agree) / len(agree)
+    diffs = [
+        abs(res["metrics"][k]["probabilities"][v] - evaluated[c]["probabilities"][k][v])
+        for c, res in zip(ids, got, strict=True)
+        if all(res["metrics"][k]["value"] == expected[c][k] for k in expected[c])  # same conditioning
+        for k in expected[c]
+        for v in evaluated[c]["probabilities"][k]
+    ]
+    assert len(diffs) > 500 and max(diffs) < 0.02 and sum(diffs) / len(diffs) < 0.002, (max(diffs), len(diffs))
 
 
 def test_no_drift_attack(client, cti_hal):
-    expected = _evaluate("attack", cti_hal)
-    texts = [p["text"] for p in expected]
+    """Served probabilities equal the transformers forward pass `evaluate` runs, scaled by the manifest's
+    temperature (dropping the temperature, or any prompt or truncation drift, fails this)."""
+    import torch
+    from scipy.special import softmax
+
+    from training.attack import evaluate_attack_model
+    from training.catalogue import catalogue
+    from training.data import load_cti_hal
+    from training.manifest import load_manifest
+    from training.modeling import base_for, load_attack_classifier, load_tokenizer
+
+    manifest = load_manifest(DEFAULT_ATTACK)
+    known = {t.id for t in manifest.labels.techniques}
+    examples = [e for e in load_cti_hal(cti_hal, catalogue().remap)[0] if e.technique in known][::8]
+    base = base_for(manifest)
+    tok = load_tokenizer(base)
+    model = load_attack_classifier(DEFAULT_ATTACK, manifest, base, tok.pad_token_id, torch.device("cpu"), torch.float32)
+    logits, _ = evaluate_attack_model(model, tok, manifest, examples)
+    expected = softmax(logits / manifest.temperature, axis=1)
+    assert abs(manifest.temperature - 1.0) > 0.01  # otherwise this test could not see a dropped temperature
+    ids = [t.id for t in manifest.labels.techniques]
+    texts = [e.text for e in examples]
     got = []
     for i in range(0, len(texts), 64):
-        r = client.post("/classify/attack", json={"texts": texts[i : i + 64], "top_k": 1})
+        r = client.post("/classify/attack", json={"texts": texts[i : i + 64], "top_k": 5})
         assert r.status_code == 200, r.text
-        got += [x["predictions"][0]["technique_id"] for x in r.json()["results"]]
-    agree = [g == p["top5"][0][0] for g, p in zip(got, expected, strict=True)]
-    assert len(agree) > 100 and sum(agree) / len(agree) >= 0.98
+        got += [x["predictions"] for x in r.json()["results"]]
+    assert len(got) > 150
+    top1_agree = [g[0]["technique_id"] == ids[int(row.argmax())] for g, row in zip(got, expected, strict=True)]
+    assert sum(top1_agree) / len(top1_agree) >= 0.99
+    diffs = [
+        abs(p["probability"] - row[ids.index(p["technique_id"])])
+        for g, row in zip(got, expected, strict=True)
+        for p in g
+    ]
+    assert max(diffs) < 1e-3, max(diffs)

@@ -26,8 +26,8 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
         str(data),
         "--out",
         str(out),
-        "--max-steps",
-        "3",
+        "--epochs",
+        "2",
         "--batch-size",
         "4",
         "--limit-train",
@@ -41,7 +41,15 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     m = load_manifest(out)
     assert m.task == "cvss" and m.training_data.n_validation == 8
     assert {"adapter_model.safetensors", "adapter_config.json", "split.json"} <= set(m.files)
-    assert 0 <= m.metrics["mean_metric_accuracy"] <= 1 and m.metrics["n"] == 8
+    assert m.metrics["n"] == 8 and [e["epoch"] for e in m.metrics["epochs"]] == [1, 2]
+    # the artifact is the best validation epoch, restored: its metrics are that epoch's, not the last one's
+    best = max(m.metrics["epochs"], key=lambda e: e["score"])
+    assert m.metrics["best_epoch"] == best["epoch"]
+    for k in ("mean_metric_accuracy", "base_score_mae", "distinct_predicted_vectors"):
+        assert m.metrics[k] == pytest.approx(best[k], abs=1e-6), k
+    assert m.metrics["ece_uncalibrated"] == pytest.approx(best["ece_metric_probabilities"], abs=1e-6)
+    assert m.temperature == m.metrics["temperature"] and m.temperature != 1.0  # fitted on validation
+    assert "ece_calibrated_crossfit" in m.metrics
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train_ids"]) & set(split["validation_ids"])  # split by CVE
 
@@ -50,21 +58,60 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     report = json.loads(r.stdout)
     assert report["excluded_seen_in_training"] == 24  # never scored on its own training CVEs
     assert report["model"]["n"] == 60 - 24
-    for k in (
-        "mean_metric_accuracy",
-        "exact_vector_match",
-        "base_score_mae",
-        "severity_accuracy",
-        "ece_metric_probabilities",
-        "accuracy_AV",
-    ):
-        assert k in report["model"] and k in report["tfidf_logreg"] or k == "ece_metric_probabilities"
+    for k in ("mean_metric_accuracy", "exact_vector_match", "base_score_mae", "severity_accuracy", "accuracy_AV"):
+        assert k in report["model"] and k in report["tfidf_logreg"] and k in report["majority_class"], k
+    # the 8 validation CVEs fitted the temperature: calibration is scored on the other 28 only, and
+    # cross-fitted on those 8
+    assert report["model"]["n_calibration_scored"] == 60 - 24 - 8
+    assert {"ece_metric_probabilities", "ece_uncalibrated", "ece_calibrated_crossfit"} <= set(report["model"])
     assert (out / "report" / "reliability_cvss.png").stat().st_size > 1000
     assert len(list((out / "report").glob("confusion_*.png"))) == 8
     load_manifest(out)  # the report folder does not break verification
 
 
-def test_attack_train_then_evaluate(tmp_path, cti_hal, base_model):
+def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_hal, base_model):
+    out = tmp_path / "attack"
+    r = _cli(
+        "attack",
+        "--data",
+        str(cti_hal),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--limit-train",
+        "8",
+        "--folds",
+        "2",
+        "--lora-layers",
+        "2",
+        "--no-catalogue-examples",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = load_manifest(out)
+    assert m.task == "attack" and "head.safetensors" in m.files and len(m.labels.techniques) > 200
+    assert m.training_data.notes["dropped_labels"]  # ICS / malformed ids are counted, not silently used
+    split = json.loads((out / "split.json").read_text())
+    groups = sorted(m.metrics["per_group"])
+    assert len(groups) == 6 and split["train_groups"] == groups  # the shipped model saw every group
+    assert sorted(g for f in split["cv_folds"] for g in f) == groups  # each held out exactly once
+    assert split["temperature_fit_groups"] == groups and m.temperature == pytest.approx(m.metrics["temperature"])
+    assert m.metrics["best_epoch"] in (1, 2) and set(m.metrics["heldout_top1_by_epoch"]) == {"1", "2"}
+    for k in ("top1", "top5", "ece_calibrated"):
+        vals = [m.metrics["per_group"][g][k] for g in groups]
+        assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)
+        assert k in m.metrics["tfidf_logreg"]["mean"]
+
+    # Nothing unseen left in CTI-HAL: evaluate reports the out-of-fold figures and says so
+    r = _cli("evaluate", "--task", "attack", "--artifact", str(out), "--data", str(cti_hal), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert "cross-validation" in report["source"] and report["model"]["top1"] == m.metrics["mean"]["top1"]
+
+
+def test_attack_holdout_evaluate_skips_calibration_on_the_temperature_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
     r = _cli(
         "attack",
@@ -77,31 +124,25 @@ def test_attack_train_then_evaluate(tmp_path, cti_hal, base_model):
         "--batch-size",
         "4",
         "--limit-train",
-        "40",
+        "10",
         "--validation-group",
         "wizardspider",
         "--lora-layers",
         "2",
+        "--no-catalogue-examples",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    m = load_manifest(out)
-    assert m.task == "attack" and m.temperature > 0 and "head.safetensors" in m.files
-    assert m.training_data.notes["dropped_labels"]  # ICS / malformed ids are counted, not silently used
-    assert len(m.labels.techniques) > 200
+    split = json.loads((out / "split.json").read_text())
+    assert "wizardspider" not in split["train_groups"] and split["temperature_fit_groups"] == ["wizardspider"]
 
     r = _cli("evaluate", "--task", "attack", "--artifact", str(out), "--data", str(cti_hal), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
-    assert {e for e in report["model"]} >= {
-        "top1",
-        "top5",
-        "macro_f1",
-        "nll_calibrated",
-        "ece_uncalibrated",
-        "ece_calibrated",
-    }
-    # never scored on a group it trained on (with --limit-train only the first group's items were used)
-    assert report["excluded_seen_in_training"] > 0 and report["model"]["n"] >= m.training_data.n_validation
+    model = report["model"]
+    assert report["excluded_seen_in_training"] > 0 and model["n"] >= 10  # only the unseen group is scored
+    assert model["n_calibration_scored"] == 0  # its temperature was fitted on these very items
+    assert "ece_calibrated" not in model and "nll_calibrated" not in model
+    assert {"top1", "top5", "macro_f1", "ece_uncalibrated", "ece_calibrated_crossfit"} <= set(model)
     assert "tfidf_logreg" in report
     assert (out / "report" / "reliability_attack.png").exists()
 

@@ -1,9 +1,13 @@
 """ATT&CK: sequence-classification head (LoRA + trained `score` head) over current top-level techniques.
 
 Labels: every current Enterprise technique in the catalogue; CTI-HAL sub-techniques map to their
-parent and revoked ids to their replacement. Each technique's catalogue description is added as a
-training example so techniques absent from CTI-HAL can still be predicted. A temperature is fitted
-on the held-out group's logits.
+parent and revoked ids to their replacement. Each technique's catalogue name and description is a
+training example, so techniques absent from CTI-HAL can still be predicted.
+
+Validation is across threat groups, the shift users meet: groups are split into k folds; each fold
+trains on the other groups and records its held-out logits after every epoch. The epoch count is
+chosen on those out-of-fold logits, the temperature is fitted on them, and the shipped model is then
+trained on every group for that many epochs. With `validation_groups`, one held-out fold is the model.
 """
 
 from __future__ import annotations
@@ -18,30 +22,52 @@ import numpy as np
 from safetensors.torch import save_file
 
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
+from training.attack_cv import per_group_metrics, pooled_temperature, summarize
 from training.base_model import resolve_base_model
-from training.calibrate import fit_temperature
+from training.baseline import attack_baseline_logits
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.data import AttackExample, load_cti_hal
-from training.manifest import AttackLabels, Manifest, TrainingData, write_artifact
-from training.metrics import attack_metrics
+from training.layer_cache import frozen_layer_count, frozen_prefix_states
+from training.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
 from training.modeling import HEAD_FILE, load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
 from training.predict import attack_logits, render
 from training.prompting import ATTACK_TEMPLATE
-from training.split import split_attack
-from training.trainer import TrainConfig, is_main_process, lora_config, train
+from training.split import group_k_folds, split_attack
+from training.trainer import (
+    AttackTrainer,
+    EpochEnd,
+    TrainConfig,
+    attack_logits_from_states,
+    is_main_process,
+    lora_config,
+    train,
+)
 
 log = logging.getLogger(__name__)
-SPLIT_FILE = "split.json"
-DEFAULT_VALIDATION_GROUPS = ("carbanak",)
+DEFAULT_FOLDS = 3
 
 
 def evaluate_attack_model(model, tokenizer, manifest: Manifest, examples: list[AttackExample]):
-    """(metrics, logits, targets) with the manifest's temperature; folds for cross-fitting are reports."""
+    """(raw logits, targets) of `examples` through the full model, as `evaluate` and the service see it."""
     index = {t.id: i for i, t in enumerate(manifest.labels.techniques)}
     logits = attack_logits(model, tokenizer, manifest, [e.text for e in examples]).numpy()
-    targets = np.array([index[e.technique] for e in examples])
-    folds = np.array([f"{e.group}/{e.report}" for e in examples])
-    return attack_metrics(logits, targets, manifest.temperature, folds), logits, targets
+    return logits, np.array([index[e.technique] for e in examples])
+
+
+def _fresh_model(base_path: str, n_labels: int, pad_id: int, cfg: TrainConfig):
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)  # every fold and the final model start from the same initial head and LoRA
+    model = new_sequence_classifier(base_path, n_labels, pad_id, torch.float32)
+    model = get_peft_model(model, lora_config(cfg, None, model.config.num_hidden_layers))
+    model.get_base_model().score.weight.requires_grad_(True)  # trained in full beside the LoRA
+    return model
+
+
+def _mean_top1(logits: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> float:
+    """Held-out top-1 averaged over groups (each group weighs the same): what epochs are chosen by."""
+    return float(np.mean([np.mean(logits[groups == g].argmax(1) == targets[groups == g]) for g in np.unique(groups)]))
 
 
 def train_attack(
@@ -49,37 +75,42 @@ def train_attack(
     out: Path,
     base_model: str,
     cfg: TrainConfig,
-    validation_groups: tuple[str, ...] = DEFAULT_VALIDATION_GROUPS,
+    validation_groups: tuple[str, ...] = (),
     max_input_tokens: int = 256,
     use_catalogue: bool = True,
     name: str | None = None,
     limit_train: int = 0,
+    folds: int = DEFAULT_FOLDS,
 ) -> Manifest:
-    import torch
-    from peft import get_peft_model
-
     started = time.time()
     cat = catalogue()
     labels = cat.labels()
     index = {t.id: i for i, t in enumerate(labels)}
     examples, dropped = load_cti_hal(data, cat.remap)
     examples = [e for e in examples if e.technique in index]
-    train_ex, val_ex = split_attack(examples, validation_groups)
     if limit_train:
-        train_ex = train_ex[:limit_train]
-    extra = [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
+        examples = _limit_per_group(examples, limit_train)
+    extra = (
+        [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
+        if use_catalogue
+        else []
+    )
+    fold_groups = [tuple(validation_groups)] if validation_groups else group_k_folds(examples, folds)
+    if validation_groups:
+        split_attack(examples, validation_groups)  # names must exist
     log.info(
-        "ATT&CK: %d training items (+%d catalogue descriptions), %d validation items from %s; dropped %s",
-        len(train_ex),
-        len(extra) if use_catalogue else 0,
-        len(val_ex),
-        validation_groups,
+        "ATT&CK: %d items from %d groups (+%d catalogue descriptions); folds %s; dropped %s",
+        len(examples),
+        len({e.group for e in examples}),
+        len(extra),
+        fold_groups,
         dict(dropped),
     )
-    fit_ex = train_ex + (extra if use_catalogue else [])
 
     base_path = resolve_base_model(base_model)
     tokenizer = load_tokenizer(base_path)
+    all_groups = sorted({e.group for e in examples})
+    final_groups = [g for g in all_groups if g not in validation_groups]
     draft = draft_manifest(
         task="attack",
         out=out,
@@ -92,44 +123,151 @@ def train_attack(
         training_data=TrainingData(
             sources=[str(Path(data).name)],
             sha256=data_hash([(e.text, e.technique, e.group, e.report) for e in examples]),
-            n_train=len(fit_ex),
-            n_validation=len(val_ex),
-            split=f"by threat group: validation = {', '.join(validation_groups)}",
-            notes={"dropped_labels": dict(dropped), "catalogue_examples": len(extra) if use_catalogue else 0},
+            n_train=sum(e.group in final_groups for e in examples) + len(extra),
+            n_validation=sum(e.group not in final_groups for e in examples),
+            split=(
+                f"by threat group: validation = {', '.join(validation_groups)}"
+                if validation_groups
+                else f"by threat group: {len(fold_groups)}-fold cross-validation over groups {fold_groups}; "
+                "the shipped model trains on every group"
+            ),
+            notes={"dropped_labels": dict(dropped), "catalogue_examples": len(extra)},
         ),
         catalogue_examples=use_catalogue,
+        folds=[list(f) for f in fold_groups],
     )
-    model = new_sequence_classifier(base_path, len(labels), tokenizer.pad_token_id, torch.float32)
-    model = get_peft_model(model, lora_config(cfg, None, model.config.num_hidden_layers))
-    head = model.get_base_model().score
-    head.weight.requires_grad_(True)  # trained in full beside the LoRA, saved apart as head.safetensors
-    model.print_trainable_parameters()
-    rows = [
-        {
-            "input_ids": tokenizer.encode(render(tokenizer, draft, e.text)[0], add_special_tokens=False),
-            "labels": index[e.technique],
-        }
-        for e in fit_ex
-    ]
-    with tempfile.TemporaryDirectory() as work:
-        stats = train(model, rows, tokenizer.pad_token_id, cfg, work)
 
+    # The frozen bottom layers are the base model's, the same in every fold: run them once for all rows.
+    rows_ex = examples + extra
+    ids = [tokenizer.encode(render(tokenizer, draft, e.text)[0], add_special_tokens=False) for e in rows_ex]
+    model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+    n_frozen = frozen_layer_count(model, cfg.lora_layers)
+    t0 = time.time()
+    states = frozen_prefix_states(model, ids, n_frozen)
+    cache_seconds = time.time() - t0
+    log.info("cached the inputs of layer %d for %d rows in %.1f s", n_frozen, len(rows_ex), cache_seconds)
+    rows = [
+        {"input_ids": i, "states": s, "labels": index[e.technique]}
+        for i, s, e in zip(ids, states, rows_ex, strict=True)
+    ]
+    targets_all = np.array([index[e.technique] for e in examples])
+    groups_all = np.array([e.group for e in examples])
+
+    # Cross-validation: per fold, held-out logits after every epoch.
+    oof: dict[int, np.ndarray] = {}  # epoch -> [n_examples, n_labels]
+    fold_models = []
+    for k, held in enumerate(fold_groups):
+        train_idx = [i for i, e in enumerate(rows_ex) if e.group not in held]
+        test_idx = [i for i, e in enumerate(examples) if e.group in held]
+        model = model if k == 0 else _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+
+        def record(m, epoch: int, test_idx=test_idx) -> dict:
+            lg = attack_logits_from_states(m, n_frozen, [states[i] for i in test_idx]).numpy()
+            oof.setdefault(epoch, np.full((len(examples), len(labels)), np.nan, dtype=np.float32))[test_idx] = lg
+            return {"score": _mean_top1(lg, targets_all[test_idx], groups_all[test_idx])}
+
+        epoch_end = EpochEnd(record, keep_best=bool(validation_groups))
+        log.info("fold %d/%d: held out %s (%d items)", k + 1, len(fold_groups), held, len(test_idx))
+        with tempfile.TemporaryDirectory() as work:
+            train(
+                model,
+                [rows[i] for i in train_idx],
+                cfg,
+                work,
+                AttackTrainer,
+                [epoch_end],
+                n_frozen=n_frozen,
+                label_smoothing=cfg.label_smoothing,
+            )
+        fold_models.append((model, epoch_end))
+
+    held_mask = np.isin(groups_all, [g for f in fold_groups for g in f])
+    epochs_seen = sorted(e for e in oof if not np.isnan(oof[e][held_mask]).any())  # recorded by every fold
+    by_epoch = {e: _mean_top1(oof[e][held_mask], targets_all[held_mask], groups_all[held_mask]) for e in epochs_seen}
+    best_epoch = max(epochs_seen, key=lambda e: (by_epoch[e], -e)) if cfg.select_best_epoch else epochs_seen[-1]
+    oof_logits, oof_targets, oof_groups = oof[best_epoch][held_mask], targets_all[held_mask], groups_all[held_mask]
+    temperature = pooled_temperature(oof_logits, oof_targets)
+    log.info("held-out mean top-1 by epoch %s; keeping epoch %d, T=%.3f", by_epoch, best_epoch, temperature)
+
+    per_group = per_group_metrics(oof_logits, oof_targets, oof_groups)
+    baseline_logits = np.zeros_like(oof_logits)
+    held_examples = [e for e in examples if e.group in set(oof_groups.tolist())]
+    for held in fold_groups:
+        train_ex = [e for e in rows_ex if e.group not in held]
+        sel = np.isin(oof_groups, held)
+        baseline_logits[sel] = attack_baseline_logits(
+            train_ex, [e.text for e, s in zip(held_examples, sel, strict=True) if s], [t.id for t in labels]
+        )
+    baseline_per_group = per_group_metrics(baseline_logits, oof_targets, oof_groups, calibrate=False)
+    metrics = {
+        "validation": (
+            f"held-out group(s) {list(validation_groups)}"
+            if validation_groups
+            else f"{len(fold_groups)}-fold cross-validation over threat groups; out-of-fold logits of every group"
+        ),
+        "note": "calibrated figures scale each group by a temperature fitted on the other groups' held-out logits",
+        "best_epoch": best_epoch,
+        "heldout_top1_by_epoch": by_epoch,
+        "temperature": temperature,
+        **summarize(per_group),
+        "per_group": per_group,
+        "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
+    }
+
+    if validation_groups:
+        model, epoch_end = fold_models[0]
+        epoch_end.restore_best(model)
+        stats = {}
+    else:
+        # The shipped model: every group, the cross-validated epoch count on the same schedule.
+        model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+        log.info("final model: all %d groups, %d epoch(s)", len(all_groups), best_epoch)
+        with tempfile.TemporaryDirectory() as work:
+            stats = train(
+                model,
+                rows,
+                cfg,
+                work,
+                AttackTrainer,
+                [EpochEnd(stop_after=best_epoch)],
+                n_frozen=n_frozen,
+                label_smoothing=cfg.label_smoothing,
+            )
     if not is_main_process():
         return draft
     device = pick_device()
     model.eval().to(device, dtype=pick_dtype(device))
-    raw_metrics, logits, targets = evaluate_attack_model(model, tokenizer, draft, val_ex)
-    temperature = fit_temperature(logits, targets)
-    draft = draft.model_copy(update={"temperature": temperature})
-    metrics, _, _ = evaluate_attack_model(model, tokenizer, draft, val_ex)
     metrics["train_seconds"] = round(time.time() - started, 1)
+    metrics["cache_seconds"] = round(cache_seconds, 1)
     metrics.update({f"train_{k}": v for k, v in stats.items()})
-    log.info("ATT&CK validation: %s", json.dumps(metrics))
+    log.info("ATT&CK cross-group validation: %s", json.dumps({k: metrics[k] for k in ("mean", "std")}))
+    head = model.get_base_model().score
 
     def write(d: Path) -> None:
+        import torch
+
         save_adapter_16bit(model, d)
         save_file({"weight": head.weight.detach().to(torch.bfloat16).contiguous().cpu()}, str(d / HEAD_FILE))
-        groups = sorted({e.group for e in train_ex})
-        (d / SPLIT_FILE).write_text(json.dumps({"train_groups": groups, "validation_groups": list(validation_groups)}))
+        write_split(
+            d,
+            AttackSplit(
+                train_groups=final_groups,
+                validation_groups=list(validation_groups),
+                temperature_fit_groups=sorted(set(oof_groups.tolist())),
+                cv_folds=[list(f) for f in fold_groups],
+            ),
+        )
 
-    return write_artifact(Path(out), draft.model_copy(update={"metrics": metrics}), write)
+    final = draft.model_copy(update={"metrics": metrics, "temperature": temperature})
+    return write_artifact(Path(out), final, write)
+
+
+def _limit_per_group(examples: list[AttackExample], n: int) -> list[AttackExample]:
+    """The first `n` items of each group (smoke runs keep every group, so folds still exist)."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in examples:
+        if seen.get(e.group, 0) < n:
+            out.append(e)
+            seen[e.group] = seen.get(e.group, 0) + 1
+    return out

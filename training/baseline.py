@@ -43,16 +43,21 @@ def cvss_majority(train: Sequence[CvssExample], test: Sequence[CvssExample], met
     return cvss_metrics(metric_keys, [majority] * len(test), [e.values for e in test])
 
 
-def attack_baseline(
-    train: Sequence[AttackExample | tuple[str, str]], test: Sequence[AttackExample], label_ids: Sequence[str]
-) -> dict:
-    """One multinomial classifier over techniques; labels never seen in training get ~zero probability."""
-    pairs = [(e.text, e.technique) if isinstance(e, AttackExample) else e for e in train]
-    clf = _pipeline().fit([t for t, _ in pairs], [y for _, y in pairs])
+def attack_baseline_logits(
+    train: Sequence[AttackExample], test_texts: Sequence[str], label_ids: Sequence[str]
+) -> np.ndarray:
+    """Log-probabilities of one multinomial classifier over techniques, one column per label;
+    labels never seen in training get ~zero probability."""
+    clf = _pipeline().fit([e.text for e in train], [e.technique for e in train])
     index = {tid: i for i, tid in enumerate(label_ids)}
-    logits = np.full((len(test), len(label_ids)), np.log(1e-9))
-    proba = clf.predict_proba([e.text for e in test])
+    logits = np.full((len(test_texts), len(label_ids)), np.log(1e-9))
+    proba = clf.predict_proba(list(test_texts))
     for j, cls in enumerate(clf.classes_):
         logits[:, index[cls]] = np.log(np.maximum(proba[:, j], 1e-9))
-    targets = np.array([index[e.technique] for e in test])
-    return attack_metrics(logits, targets, 1.0)
+    return logits
+
+
+def attack_baseline(train: Sequence[AttackExample], test: Sequence[AttackExample], label_ids: Sequence[str]) -> dict:
+    index = {tid: i for i, tid in enumerate(label_ids)}
+    logits = attack_baseline_logits(train, [e.text for e in test], label_ids)
+    return attack_metrics(logits, np.array([index[e.technique] for e in test]), 1.0)

@@ -58,3 +58,42 @@ def cross_fitted_temperature_ece(
         scaled[test] = logits[test] / fit_temperature(logits[fit], targets[fit])
     probs = np.exp(log_softmax(scaled, axis=1))
     return ece(probs.max(1), probs.argmax(1) == targets, n_bins), nll(scaled, targets)
+
+
+def fit_cvss_temperature(probs: Sequence[dict[str, dict[str, float]]], truth: Sequence[dict[str, str]]) -> float:
+    """One T for every CVSS metric: minimises the mean NLL of softmax(log p / T) of the true values."""
+    keys = list(truth[0])
+    per_metric = []
+    for k in keys:
+        values = list(probs[0][k])
+        logp = np.log(np.maximum(np.array([[p[k][v] for v in values] for p in probs]), 1e-12))
+        per_metric.append((logp, np.array([values.index(t[k]) for t in truth])))
+
+    def loss(log_t: float) -> float:
+        return float(np.mean([nll(lg, tg, float(np.exp(log_t))) for lg, tg in per_metric]))
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-3, 3), method="bounded").x))
+
+
+def cvss_ece(probs: Sequence[dict[str, dict[str, float]]], truth: Sequence[dict[str, str]], n_bins: int = 15) -> float:
+    """ECE of each metric's top probability (all metrics pooled), as the README reports it."""
+    keys = list(truth[0])
+    conf = [max(p[k].values()) for p in probs for k in keys]
+    corr = [max(p[k], key=p[k].get) == t[k] for p, t in zip(probs, truth, strict=True) for k in keys]
+    return ece(conf, corr, n_bins)
+
+
+def cross_fitted_cvss_ece(
+    probs: Sequence[dict[str, dict[str, float]]], truth: Sequence[dict[str, str]], folds: Sequence[int]
+) -> float:
+    """ECE where each fold's rows are scaled by a temperature fitted on the other folds' rows only."""
+    from training.predict import sharpen
+
+    folds_arr = np.asarray(folds)
+    scaled: list = [None] * len(probs)
+    for f in np.unique(folds_arr):
+        fit = [i for i in range(len(probs)) if folds_arr[i] != f]
+        t = fit_cvss_temperature([probs[i] for i in fit], [truth[i] for i in fit])
+        for i in np.flatnonzero(folds_arr == f):
+            scaled[i] = {k: sharpen(p, t) for k, p in probs[i].items()}
+    return cvss_ece(scaled, truth, 15)

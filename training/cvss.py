@@ -16,24 +16,27 @@ import cvss.constants3 as cvss_constants
 
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.base_model import resolve_base_model
+from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
 from training.data import CvssExample, load_cvss
 from training.data.common import BASE_METRICS
+from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.manifest import (
     CvssLabels,
     CvssMetric,
+    CvssSplit,
     Manifest,
     TrainingData,
     write_artifact,
+    write_split,
 )
 from training.metrics import cvss_metrics
 from training.modeling import load_tokenizer, pick_device, pick_dtype
 from training.predict import cvss_value_token_ids, predict_cvss, render
 from training.prompting import CVSS_TEMPLATE
 from training.split import split_cvss
-from training.trainer import AnswerOnlyTrainer, TrainConfig, is_main_process, lora_config, train
+from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
 
 log = logging.getLogger(__name__)
-SPLIT_FILE = "split.json"
 
 
 def cvss_labels() -> CvssLabels:
@@ -51,6 +54,7 @@ def cvss_labels() -> CvssLabels:
 
 
 def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[dict]:
+    """Token ids of prompt + answer, and each answer value's index within its metric's allowed list."""
     labels = manifest.labels
     assert isinstance(labels, CvssLabels)
     value_ids = cvss_value_token_ids(tokenizer, labels)
@@ -58,9 +62,15 @@ def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[di
     for ex in examples:
         prompt_ids = tokenizer.encode(render(tokenizer, manifest, ex.description)[0], add_special_tokens=False)
         vals = ex.values
-        answer = [ids[list(m.values).index(vals[m.key])] for m, ids in zip(labels.metrics, value_ids, strict=True)]
-        rows.append({"input_ids": prompt_ids + answer, "labels": answer})
+        index = [list(m.values).index(vals[m.key]) for m in labels.metrics]
+        answer = [ids[i] for ids, i in zip(value_ids, index, strict=True)]
+        rows.append({"input_ids": prompt_ids + answer, "labels": index})
     return rows
+
+
+def _selection_score(metrics: dict) -> float:
+    """Best epoch: highest mean per-metric accuracy; base-score MAE breaks near-ties."""
+    return metrics["mean_metric_accuracy"] - 0.01 * metrics["base_score_mae"]
 
 
 def evaluate_cvss_model(model, tokenizer, manifest: Manifest, examples: list[CvssExample]) -> tuple[dict, list]:
@@ -115,24 +125,53 @@ def train_cvss(
     )
     device = pick_device()
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
     model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
     model.print_trainable_parameters()
+    rows = _rows(tokenizer, draft, train_ex)
+    n_frozen = frozen_layer_count(model, cfg.lora_layers)
+    t0 = time.time()
+    for row, states in zip(rows, frozen_prefix_states(model, [r["input_ids"] for r in rows], n_frozen), strict=True):
+        row["states"] = states
+    cache_seconds = time.time() - t0
+    log.info("cached the inputs of layer %d for %d rows in %.1f s", n_frozen, len(rows), cache_seconds)
+
+    def validate(m, epoch: int) -> dict:
+        metrics, _ = evaluate_cvss_model(m, tokenizer, draft, val_ex)
+        return {**metrics, "score": _selection_score(metrics)}
+
+    epoch_end = EpochEnd(validate if is_main_process() else None, keep_best=cfg.select_best_epoch)
+    allowed = cvss_value_token_ids(tokenizer, draft.labels)
     with tempfile.TemporaryDirectory() as work:
         stats = train(
-            model, _rows(tokenizer, draft, train_ex), tokenizer.pad_token_id, cfg, work, AnswerOnlyTrainer, "left"
+            model, rows, cfg, work, CvssTrainer, [epoch_end], n_frozen=n_frozen, allowed=allowed, loss=cfg.loss
         )
 
     if not is_main_process():
         return draft
+    best_epoch = epoch_end.restore_best(model)
     model.eval().to(device, dtype=pick_dtype(device))
-    metrics, _ = evaluate_cvss_model(model, tokenizer, draft, val_ex)
+    metrics, probs = evaluate_cvss_model(model, tokenizer, draft, val_ex)
+    # One temperature for the per-metric softmaxes, fitted on the validation CVEs; its effect is scored
+    # cross-fitted (each half scaled by a T fitted on the other half), never on the rows that fitted it.
+    truth = [e.values for e in val_ex]
+    temperature = fit_cvss_temperature(probs, truth)
+    metrics["temperature"] = temperature
+    metrics["ece_uncalibrated"] = metrics.pop("ece_metric_probabilities")
+    metrics["ece_calibrated_crossfit"] = cross_fitted_cvss_ece(probs, truth, [i % 2 for i in range(len(val_ex))])
+    draft = draft.model_copy(update={"temperature": temperature})
     metrics["train_seconds"] = round(time.time() - started, 1)
+    metrics["cache_seconds"] = round(cache_seconds, 1)
+    metrics["best_epoch"] = best_epoch
+    metrics["epochs"] = [{k: v for k, v in h.items() if k != "n"} for h in epoch_end.history]
     metrics.update({f"train_{k}": v for k, v in stats.items()})
     log.info("CVSS validation: %s", json.dumps(metrics))
 
     def write(d: Path) -> None:
         save_adapter_16bit(model, d)
-        split = {"train_ids": sorted(e.cve_id for e in train_ex), "validation_ids": sorted(e.cve_id for e in val_ex)}
-        (d / SPLIT_FILE).write_text(json.dumps(split))
+        write_split(
+            d,
+            CvssSplit(train_ids=sorted(e.cve_id for e in train_ex), validation_ids=sorted(e.cve_id for e in val_ex)),
+        )
 
     return write_artifact(Path(out), draft.model_copy(update={"metrics": metrics}), write)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import softmax
 
 from training.baseline import attack_baseline, cvss_baseline, cvss_majority
-from training.manifest import Manifest, load_manifest
+from training.manifest import AttackSplit, CvssSplit, Manifest, load_manifest, load_split
 from training.modeling import (
     base_for,
     load_attack_classifier,
@@ -22,11 +22,6 @@ from training.modeling import (
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "report"
-
-
-def _split(artifact: Path) -> dict:
-    f = artifact / "split.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -42,7 +37,8 @@ def evaluate_cvss(artifact: Path, data: list[Path], base_model: str | None = Non
 
     manifest = load_manifest(artifact)
     examples = load_cvss(data)
-    seen = set(_split(artifact).get("train_ids", []))
+    split = load_split(artifact)
+    seen = set(split.train_ids) if isinstance(split, CvssSplit) else set()
     test = [e for e in examples if e.cve_id not in seen]
     train = [e for e in examples if e.cve_id in seen]
     if not test:
@@ -53,6 +49,7 @@ def evaluate_cvss(artifact: Path, data: list[Path], base_model: str | None = Non
     tokenizer = load_tokenizer(base)
     model = load_causal_lm_with_adapter(artifact, base, device, pick_dtype(device))
     metrics, probs = evaluate_cvss_model(model, tokenizer, manifest, test)
+    _honest_cvss_calibration(metrics, probs, test, manifest, split)
     predicted = [{k: max(p[k], key=p[k].get) for k in p} for p in probs]
     keys = [m.key for m in manifest.labels.metrics]
     report = {
@@ -85,51 +82,87 @@ def evaluate_cvss(artifact: Path, data: list[Path], base_model: str | None = Non
     return report
 
 
+def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, split) -> None:
+    """Calibration scored only where the temperature was not fitted: the CVEs the artifact validated on
+    fitted it, so on those the temperature's effect is scored cross-fitted (by halves) instead."""
+    from training.calibrate import cross_fitted_cvss_ece, cvss_ece
+    from training.predict import sharpen
+
+    fitted_ids = set(split.validation_ids) if isinstance(split, CvssSplit) and manifest.temperature != 1.0 else set()
+    fitted = [e.cve_id in fitted_ids for e in test]
+    out = metrics
+    out["n_calibration_scored"] = fitted.count(False)
+    unfitted = [i for i, f in enumerate(fitted) if not f]
+    if unfitted:
+        out["ece_metric_probabilities"] = cvss_ece([probs[i] for i in unfitted], [test[i].values for i in unfitted])
+    else:
+        out.pop("ece_metric_probabilities", None)
+    if any(fitted):
+        idx = [i for i, f in enumerate(fitted) if f]
+        raw = [{k: sharpen(p, 1 / manifest.temperature) for k, p in probs[i].items()} for i in idx]  # undo T
+        truth = [test[i].values for i in idx]
+        out["ece_uncalibrated"] = cvss_ece(raw, truth)
+        out["ece_calibrated_crossfit"] = cross_fitted_cvss_ece(raw, truth, [j % 2 for j in range(len(idx))])
+
+
 def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -> dict:
     from training.attack import evaluate_attack_model
+    from training.attack_cv import honest_attack_metrics
     from training.catalogue import CATALOGUE_NAME, catalogue
     from training.data import AttackExample, load_cti_hal
     from training.plots import reliability_diagram
 
     manifest = load_manifest(artifact)
+    split = load_split(artifact)
     cat = catalogue()
     ids = [t.id for t in manifest.labels.techniques]
     index = set(ids)
     examples, dropped = load_cti_hal(data, cat.remap)
     examples = [e for e in examples if e.technique in index]
-    seen = set(_split(artifact).get("train_groups", []))
+    seen = set(split.train_groups) if isinstance(split, AttackSplit) else set()
+    fit_groups = split.temperature_fit_groups if isinstance(split, AttackSplit) else []
     test = [e for e in examples if e.group not in seen]
     train = [e for e in examples if e.group in seen]
     if not test:
+        if "mean" in manifest.metrics:
+            log.info("every group in --data was trained on; reporting the manifest's cross-validation")
+            return _cross_validation_report(manifest)
         raise ValueError(f"every group in --data was used in training ({sorted(seen)}); nothing honest to evaluate")
     log.info("evaluating on %d items (%d excluded: groups seen in training)", len(test), len(train))
     device = pick_device()
     base = base_for(manifest, base_model)
     tokenizer = load_tokenizer(base)
     model = load_attack_classifier(artifact, manifest, base, tokenizer.pad_token_id, device, pick_dtype(device))
-    metrics, logits, targets = evaluate_attack_model(model, tokenizer, manifest, test)
+    logits, targets = evaluate_attack_model(model, tokenizer, manifest, test)
+    groups = [e.group for e in test]
+    metrics = honest_attack_metrics(
+        logits, targets, groups, [f"{e.group}/{e.report}" for e in test], manifest.temperature, fit_groups
+    )
     report = {
         "task": "attack",
         "artifact": manifest.name,
         "version": manifest.version,
         "model": metrics,
         "excluded_seen_in_training": len(train),
+        "temperature_fit_groups": list(fit_groups),
         "dropped_labels": dict(dropped),
     }
-    if train and manifest.hyperparameters.get("catalogue_examples", True):
-        extra = [AttackExample(cat.description(t), t, "catalogue", "catalogue", CATALOGUE_NAME) for t in ids]
+    if train:
+        extra = (
+            [AttackExample(cat.description(t), t, "catalogue", "catalogue", CATALOGUE_NAME) for t in ids]
+            if manifest.hyperparameters.get("catalogue_examples", True)
+            else []
+        )
         report["tfidf_logreg"] = attack_baseline(train + extra, test, ids)
-    elif train:
-        report["tfidf_logreg"] = attack_baseline(train, test, ids)
     out = artifact / REPORT_DIR
     out.mkdir(exist_ok=True)
     raw, cal = softmax(logits, axis=1), softmax(logits / manifest.temperature, axis=1)
     correct = raw.argmax(1) == targets
-    reliability_diagram(
-        out / "reliability_attack.png",
-        "ATT&CK top-1 probability",
-        {"uncalibrated": (raw.max(1), correct), f"T={manifest.temperature:.2f}": (cal.max(1), correct)},
-    )
+    curves = {"uncalibrated": (raw.max(1), correct)}
+    unfitted = ~np.isin(groups, fit_groups)
+    if unfitted.any():  # calibration is only ever shown on groups the temperature did not see
+        curves[f"T={manifest.temperature:.2f}"] = (cal.max(1)[unfitted], correct[unfitted])
+    reliability_diagram(out / "reliability_attack.png", "ATT&CK top-1 probability", curves)
     order = np.argsort(-cal, axis=1)[:, :5]
     with (out / "predictions_attack.jsonl").open("w") as fh:
         for e, row, p in zip(test, order, cal, strict=True):
@@ -148,6 +181,21 @@ def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -
     return report
 
 
+def _cross_validation_report(manifest: Manifest) -> dict:
+    """The out-of-fold figures training recorded, labelled as such (group means)."""
+    m, base = manifest.metrics, manifest.metrics.get("tfidf_logreg", {})
+    n = sum(g.get("n", 0) for g in m.get("per_group", {}).values())
+    return {
+        "task": "attack",
+        "artifact": manifest.name,
+        "version": manifest.version,
+        "source": m.get("validation", "cross-validation"),
+        "model": {"n": n, **m["mean"]},
+        "model_std": m.get("std", {}),
+        **({"tfidf_logreg": {"n": n, **base["mean"]}} if "mean" in base else {}),
+    }
+
+
 def format_report(report: dict) -> str:
     """A small text table: model beside the baselines on the headline metrics."""
     keys = (
@@ -157,6 +205,8 @@ def format_report(report: dict) -> str:
             "base_score_mae",
             "severity_accuracy",
             "ece_metric_probabilities",
+            "ece_uncalibrated",
+            "ece_calibrated_crossfit",
         ]
         if report["task"] == "cvss"
         else [
@@ -168,6 +218,7 @@ def format_report(report: dict) -> str:
             "ece_uncalibrated",
             "ece_calibrated",
             "ece_calibrated_crossfit",
+            "n_calibration_scored",
         ]
     )
     cols = [c for c in ("model", "tfidf_logreg", "majority_class") if c in report]

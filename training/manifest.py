@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SPLIT_FILE = "split.json"
 # Formats that can execute code on load; an artifact holding any of them is refused.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 # Written after training (plots, evaluation output): not hashed, never loaded as weights.
@@ -111,6 +112,46 @@ class Manifest(_Strict):
     def render_prompt(self, text: str) -> str:
         # replace, not format: inputs contain braces
         return self.prompt_template.replace("{text}", text)
+
+
+class CvssSplit(_Strict):
+    """Which CVEs an artifact trained on and which it was validated (and its best epoch chosen) on."""
+
+    kind: Literal["cvss"] = "cvss"
+    train_ids: list[str]
+    validation_ids: list[str]
+
+
+class AttackSplit(_Strict):
+    """Which threat groups an artifact trained on, and whose held-out logits fitted its temperature."""
+
+    kind: Literal["attack"] = "attack"
+    train_groups: list[str]
+    validation_groups: list[str] = Field(default_factory=list, description="Held out from the final model")
+    temperature_fit_groups: list[str] = Field(
+        default_factory=list, description="Groups whose out-of-sample logits fitted the temperature"
+    )
+    cv_folds: list[list[str]] = Field(default_factory=list, description="Held-out groups of each CV fold")
+
+
+Split = Annotated[CvssSplit | AttackSplit, Field(discriminator="kind")]
+
+
+def write_split(folder: Path, split: CvssSplit | AttackSplit) -> None:
+    (Path(folder) / SPLIT_FILE).write_text(split.model_dump_json(indent=2))
+
+
+def load_split(artifact: Path) -> CvssSplit | AttackSplit | None:
+    """The artifact's split (hash-checked with the rest of the artifact by `load_manifest`), or None."""
+    from pydantic import TypeAdapter
+
+    f = Path(artifact) / SPLIT_FILE
+    if not f.is_file():
+        return None
+    try:
+        return TypeAdapter(Split).validate_json(f.read_text())
+    except ValueError as e:
+        raise ArtifactError(f"{f}: invalid split: {e}") from e
 
 
 def _re_escape(s: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 from cvss import CVSS3
 from scipy.special import softmax
 
-from training.calibrate import cross_fitted_temperature_ece, ece, nll
+from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, nll
 
 
 def score_vector(vector: str) -> tuple[float, str]:
@@ -40,9 +40,7 @@ def cvss_metrics(
         "distinct_predicted_vectors": len({vector_of(p) for p in predicted}),
     }
     if probabilities is not None:
-        conf = [max(pr[k].values()) for pr in probabilities for k in metric_keys]
-        corr = [p[k] == t[k] for p, t in zip(predicted, truth, strict=True) for k in metric_keys]
-        out["ece_metric_probabilities"] = ece(conf, corr, 15)
+        out["ece_metric_probabilities"] = cvss_ece(probabilities, truth)
     return out
 
 

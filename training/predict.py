@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,18 @@ def cvss_value_token_ids(tokenizer, labels: CvssLabels) -> list[list[int]]:
     return out
 
 
+def sharpen(probs: dict[str, float], temperature: float) -> dict[str, float]:
+    """softmax(log p / T) over one metric's allowed values: temperature scaling applied to probabilities
+    (the service reads probabilities from vLLM, evaluation computes them from logits; both go through this)."""
+    if temperature == 1.0:
+        return dict(probs)
+    logs = {v: math.log(p) / temperature for v, p in probs.items() if p > 0}
+    top = max(logs.values())
+    exp = {v: math.exp(lg - top) for v, lg in logs.items()}
+    total = sum(exp.values())
+    return {v: exp.get(v, 0.0) / total for v in probs}
+
+
 def render(tokenizer, manifest: Manifest, text: str) -> tuple[str, bool]:
     cut, truncated = truncate(tokenizer, text, manifest.max_input_tokens)
     return manifest.render_prompt(cut), truncated
@@ -36,7 +49,7 @@ def predict_cvss(
     """Greedy decoding restricted at each step to the metric's allowed values (as vLLM's grammar does).
 
     Returns, per text, metric -> value -> probability (softmax over the allowed values only,
-    conditioned on the greedy choices before it).
+    conditioned on the greedy choices before it, scaled by the manifest's temperature).
     """
     labels = manifest.labels
     assert isinstance(labels, CvssLabels)
@@ -65,7 +78,10 @@ def predict_cvss(
         for i in range(len(prompts)):
             results.append(
                 {
-                    m.key: {v: float(p) for v, p in zip(m.values, probs_per_metric[k][i].tolist(), strict=True)}
+                    m.key: sharpen(
+                        {v: float(p) for v, p in zip(m.values, probs_per_metric[k][i].tolist(), strict=True)},
+                        manifest.temperature,
+                    )
                     for k, m in enumerate(labels.metrics)
                 }
             )

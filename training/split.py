@@ -30,3 +30,20 @@ def split_attack(
     if missing:
         raise ValueError(f"validation group(s) {sorted(missing)} not in the data; groups: {sorted(known)}")
     return [e for e in examples if e.group not in val], [e for e in examples if e.group in val]
+
+
+def group_k_folds(examples: Sequence[AttackExample], k: int) -> list[tuple[str, ...]]:
+    """Partition the threat groups into `k` folds of similar item counts (largest group first, each
+    into the fold with fewest items; ties by name), so every group is held out exactly once."""
+    sizes: dict[str, int] = {}
+    for e in examples:
+        sizes[e.group] = sizes.get(e.group, 0) + 1
+    if not 2 <= k <= len(sizes):
+        raise ValueError(f"need 2 <= folds <= {len(sizes)} groups; got {k}")
+    folds: list[list[str]] = [[] for _ in range(k)]
+    totals = [0] * k
+    for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
+        i = min(range(k), key=lambda j: (totals[j], j))
+        folds[i].append(g)
+        totals[i] += sizes[g]
+    return [tuple(sorted(f)) for f in folds]

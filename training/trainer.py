@@ -1,13 +1,25 @@
-"""Hugging Face Trainer set-up shared by both tasks (so `accelerate launch`/`torchrun` scale it out)."""
+"""Hugging Face Trainer set-up shared by both tasks (so `accelerate launch`/`torchrun` scale it out).
+
+Both tasks train on cached inputs to the lowest adapted layer (`training/layer_cache.py`): the
+frozen layers below run once per example instead of once per example per epoch. Batches are
+length-grouped and left-padded, so every row's last position is its prediction point.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from training.layer_cache import pad_states, top_hidden
+from training.losses import allowed_value_cross_entropy, allowed_value_logits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,43 +36,90 @@ class TrainConfig:
     seed: int = 13
     max_steps: int = -1  # > 0 caps training (smoke tests)
     threads: int = 0  # 0: torch default
-    lora_layers: int = 0  # adapt only the top N decoder layers (0: all); backward stops below them
+    lora_layers: int = 0  # adapt only the top N decoder layers (0: all); the frozen ones below run once
+    loss: str = "allowed"  # CVSS: "allowed" (softmax over the allowed values) or "vocab" (full vocabulary)
+    label_smoothing: float = 0.0  # ATT&CK head loss
+    select_best_epoch: bool = True  # keep the epoch that scores best on validation (when there is one)
 
 
-class PadCollator:
-    """Pads input_ids/attention_mask with the pad id on `side`; stacks labels (ints or equal-length lists).
-
-    CVSS pads on the left so every row ends with its answer and the vocabulary projection is
-    computed for the last positions only; RoPE makes the shifted positions harmless.
-    """
-
-    def __init__(self, pad_id: int, side: str = "right") -> None:
-        self.pad_id, self.side = pad_id, side
+class StatesCollator:
+    """Cached states -> left-padded `inputs_embeds` + `attention_mask`; labels stacked."""
 
     def __call__(self, feats: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = max(len(f["input_ids"]) for f in feats)
-        ids = torch.full((len(feats), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(feats), n), dtype=torch.long)
-        for i, f in enumerate(feats):
-            k = len(f["input_ids"])
-            sl = slice(n - k, n) if self.side == "left" else slice(0, k)
-            ids[i, sl] = torch.tensor(f["input_ids"])
-            mask[i, sl] = 1
+        embeds, mask = pad_states([f["states"] for f in feats])
         labels = torch.tensor([f["labels"] for f in feats], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels}
 
 
-class AnswerOnlyTrainer(Trainer):
-    """Causal-LM loss on the answer tokens only (the last `labels.shape[1]` positions, left-padded
-    batches), projecting onto the vocabulary just there instead of at every position."""
+class _StatesTrainer(Trainer):
+    """Runs only the layers above `n_frozen` on cached states; subclasses turn the states into a loss."""
+
+    def __init__(self, *args, n_frozen: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.n_frozen = n_frozen
+
+    def _hidden(self, model, inputs) -> torch.Tensor:
+        return top_hidden(model, self.n_frozen, inputs["inputs_embeds"], inputs["attention_mask"])
+
+
+class CvssTrainer(_StatesTrainer):
+    """Loss on the 8 answer positions only. `allowed`: cross-entropy over each metric's allowed value
+    tokens, the distribution the grammar-masked service reads; `vocab`: over the whole vocabulary."""
+
+    def __init__(self, *args, allowed: Sequence[Sequence[int]], loss: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.allowed, self.loss_kind = allowed, loss
+        self.allowed_t = [torch.tensor(ids) for ids in allowed]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        k = labels.shape[1]
-        out = model(**inputs, logits_to_keep=k + 1)
-        logits = out.logits[:, :-1, :].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
-        return (loss, out) if return_outputs else loss
+        targets = inputs["labels"]  # [B, 8] value index within each metric's allowed list
+        k = targets.shape[1]
+        hidden = self._hidden(model, inputs)[:, -(k + 1) : -1]  # the states that predict answer tokens 1..8
+        weight = model.get_output_embeddings().weight
+        if self.loss_kind == "allowed":
+            loss = allowed_value_cross_entropy(allowed_value_logits(hidden, weight, self.allowed), targets)
+        else:
+            token_ids = torch.stack([self.allowed_t[j][targets[:, j]] for j in range(k)], dim=1)
+            logits = (hidden @ weight.T).float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), token_ids.reshape(-1))
+        return (loss, hidden) if return_outputs else loss
+
+
+class AttackTrainer(_StatesTrainer):
+    """Cross-entropy (optionally label-smoothed) of the `score` head on the last token's state."""
+
+    def __init__(self, *args, label_smoothing: float = 0.0, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.label_smoothing = label_smoothing
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = score_head(model)(self._hidden(model, inputs)[:, -1]).float()
+        loss = torch.nn.functional.cross_entropy(logits, inputs["labels"], label_smoothing=self.label_smoothing)
+        return (loss, logits) if return_outputs else loss
+
+
+def score_head(model) -> torch.nn.Module:
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return m.score
+
+
+@torch.inference_mode()
+def attack_logits_from_states(model, n_frozen: int, states: Sequence[torch.Tensor], batch_size: int = 16):
+    """Raw head logits for cached states (fp32, CPU), in the order given."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(states)), key=lambda i: states[i].shape[0])
+    device = next(model.parameters()).device
+    out = [None] * len(states)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        embeds, mask = pad_states([states[i] for i in idx])
+        h = top_hidden(model, n_frozen, embeds.to(device), mask.to(device))[:, -1]
+        logits = score_head(model)(h).float().cpu()
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    model.train(was_training)
+    return torch.stack(out) if out else torch.empty(0)
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -72,6 +131,59 @@ class _ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
+
+
+class EpochEnd(TrainerCallback):
+    """At each epoch end: call `evaluate(model)` (a dict with a 'score', higher is better) and keep a copy
+    of the trainable weights of the best epoch; stop after `stop_after` epochs.
+
+    The best weights are restored when training ends, so the artifact is the best epoch, not the last.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Any, int], dict[str, Any]] | None = None,
+        keep_best: bool = True,
+        stop_after: int = 0,
+    ) -> None:
+        self.evaluate, self.keep_best, self.stop_after = evaluate, keep_best, stop_after
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, torch.Tensor] | None = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = max(1, round(state.epoch or 0))
+        self._run(epoch, model)
+        if self.stop_after and epoch >= self.stop_after:
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # A run capped by max_steps can end inside an epoch: score where it stopped, as a partial epoch.
+        epoch = max(1, round(state.epoch or 0))
+        if self.evaluate is not None and not any(h["epoch"] == epoch for h in self.history):
+            self._run(epoch, model)
+
+    def _run(self, epoch: int, model) -> None:
+        if self.evaluate is not None:
+            was_training = model.training
+            model.eval()
+            result = {"epoch": epoch, **self.evaluate(model, epoch)}
+            model.train(was_training)
+            self.history.append(result)
+            log.info("epoch %d: %s", epoch, {k: v for k, v in result.items() if isinstance(v, (int, float))})
+            if self.keep_best and (self.best is None or result["score"] > max(h["score"] for h in self.history[:-1])):
+                self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                self.best_epoch = epoch
+
+    def restore_best(self, model) -> int:
+        """Load the best epoch's trainable weights into `model`; returns that epoch (0: nothing kept)."""
+        if self.best is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for n, v in self.best.items():
+                    params[n].copy_(v)
+        return self.best_epoch
 
 
 def lora_config(cfg: TrainConfig, task_type: str | None, num_layers: int):
@@ -91,13 +203,13 @@ def lora_config(cfg: TrainConfig, task_type: str | None, num_layers: int):
 def train(
     model,
     rows: list[dict[str, Any]],
-    pad_id: int,
     cfg: TrainConfig,
     workdir: str,
-    trainer_cls: type[Trainer] = Trainer,
-    padding_side: str = "right",
+    trainer_cls: type[_StatesTrainer],
+    callbacks: Sequence[TrainerCallback] = (),
+    **trainer_kw,
 ) -> dict[str, float]:
-    """Run the Trainer over pre-tokenized rows; returns the final training stats."""
+    """Run the Trainer over rows of cached states (`states`, `labels`, `input_ids` for length grouping)."""
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -125,7 +237,12 @@ def train(
         disable_tqdm=os.environ.get("SECCLF_NO_PROGRESS") == "1",
     )
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=_ListDataset(rows), data_collator=PadCollator(pad_id, padding_side)
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(rows),
+        data_collator=StatesCollator(),
+        callbacks=list(callbacks),
+        **trainer_kw,
     )
     result = trainer.train()
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}

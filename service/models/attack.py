@@ -10,6 +10,7 @@ import torch
 
 from service.batching import MicroBatcher
 from service.metrics import ITEMS, TRUNCATED
+from service.models.cvss import EngineUnavailable
 from service.schemas import AttackResult, ModelInfo, TechniquePrediction
 from service.settings import Settings
 from training.manifest import ArtifactError, AttackLabels, Manifest, load_manifest
@@ -17,6 +18,7 @@ from training.modeling import base_for, load_attack_classifier, load_tokenizer, 
 from training.predict import encode_attack
 
 log = logging.getLogger(__name__)
+MAX_CONSECUTIVE_FAILURES = 3
 
 
 class AttackModel:
@@ -33,6 +35,7 @@ class AttackModel:
         self.tokenizer = None
         self.batcher: MicroBatcher[str, tuple[torch.Tensor, bool]] | None = None
         self.failed: str | None = None
+        self._consecutive_failures = 0
 
     # -- load ---------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -71,9 +74,14 @@ class AttackModel:
             device = next(self.model.parameters()).device
             logits = self.model(**enc.to(device)).logits.float().cpu()
         except Exception as e:
-            self.failed = f"{type(e).__name__}: {e}"
-            log.exception("ATT&CK forward pass failed")
-            raise
+            # One failed batch (say, out of memory on a long one) fails its callers only; the model is
+            # declared unhealthy (and the watchdog restarts the process) only when failures repeat.
+            self._consecutive_failures += 1
+            log.exception("ATT&CK forward pass failed (%d in a row)", self._consecutive_failures)
+            if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                self.failed = f"{type(e).__name__}: {e}"
+            raise EngineUnavailable("the ATT&CK forward pass failed") from e
+        self._consecutive_failures = 0
         probs = torch.softmax(logits / self.temperature, dim=-1)
         return list(zip(probs, truncated, strict=True))
 

@@ -18,7 +18,7 @@ from service.settings import Settings
 from training.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
 from training.metrics import score_vector
 from training.modeling import base_for, load_tokenizer
-from training.predict import cvss_value_token_ids, render
+from training.predict import cvss_value_token_ids, render, sharpen
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"
@@ -205,9 +205,11 @@ class CvssModel:
         """Per metric: the processed (post-grammar) logprobs of its allowed values, renormalised."""
         steps = completion.logprobs or []
         if len(completion.token_ids) != len(self.labels.metrics) or len(steps) != len(self.labels.metrics):
-            raise EngineUnavailable(f"unexpected completion {completion.text!r}: not one token per metric")
+            log.error("unexpected completion %r: not one token per metric", completion.text)
+            raise EngineUnavailable("the model's answer was not one value per metric")
         metrics: dict[str, CvssMetricResult] = {}
         values: dict[str, str] = {}
+        temperature = self.adapters[adapter][1].temperature  # the calibration fitted with this adapter
         for m, allowed, step in zip(self.labels.metrics, self._value_ids, steps, strict=True):
             mass = {v: 0.0 for v in m.values}
             for token_id, lp in step.items():
@@ -216,7 +218,7 @@ class CvssModel:
             total = sum(mass.values())
             if total <= 0:
                 raise EngineUnavailable(f"no probability mass on the allowed values of {m.key}")
-            probs = {v: p / total for v, p in mass.items()}
+            probs = sharpen({v: p / total for v, p in mass.items()}, temperature)
             best = max(probs, key=probs.get)
             values[m.key] = best
             metrics[m.key] = CvssMetricResult(value=best, label=m.values[best], probabilities=probs)

@@ -16,9 +16,15 @@ def main() -> None:
     s = get_settings()
     app = create_app(s)
     # One process: vLLM's engine core runs in its own subprocess; scale out with replicas.
-    # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to 30 s), then runs the lifespan exit.
+    # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to SECCLF_DRAIN_TIMEOUT_S, longer than
+    # the request deadline), then runs the lifespan exit. Orchestrators must wait longer than that.
     config = uvicorn.Config(
-        app, host=s.host, port=s.port, log_config=None, access_log=False, timeout_graceful_shutdown=30
+        app,
+        host=s.host,
+        port=s.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=s.drain_timeout_s,
     )
     server = uvicorn.Server(config)
     app.state.server = server  # the watchdog asks it to stop (draining) when a model stays dead

@@ -42,11 +42,11 @@ async def lifespan(app: FastAPI):
                 continue
             man = model.manifest
             MODEL_INFO.labels(man.task).info({"artifact": man.name, "version": man.version, "base_model": model.base})
-        if s.warmup:
+        if s.warmup:  # bounded: a warm-up that hangs fails start-up instead of leaving a pod never ready
             if m.cvss:
-                await m.cvss.classify(WARMUP_TEXT)
+                await asyncio.wait_for(m.cvss.classify(WARMUP_TEXT), s.warmup_timeout_s)
             if m.attack:
-                await m.attack.classify_many([WARMUP_TEXT], 1)
+                await asyncio.wait_for(m.attack.classify_many([WARMUP_TEXT], 1), s.warmup_timeout_s)
         m.ready = True
         READY.set(1)
         if s.api_key_list:

@@ -140,7 +140,7 @@ async def readyz(response: Response, m: ModelsDep) -> dict:
 @router.get(
     "/v1/models", response_model=ModelsResponse, tags=["ops"], dependencies=protected, summary="Loaded artifacts"
 )
-async def list_models(m: ModelsDep) -> ModelsResponse:
+async def list_models(m: ModelsDep, s: SettingsDep) -> ModelsResponse:
     out = []
     for model in (m.cvss, m.attack):
         if model is None:
@@ -161,7 +161,7 @@ async def list_models(m: ModelsDep) -> ModelsResponse:
                 created_at=man.created_at,
             )
         )
-    return ModelsResponse(models=out)
+    return ModelsResponse(models=out, auth_enabled=bool(s.api_key_list))
 
 
 @router.get("/metrics", tags=["ops"], dependencies=ops, summary="Prometheus metrics", response_class=Response)

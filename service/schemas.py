@@ -119,6 +119,7 @@ class LoadedModel(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[LoadedModel]
+    auth_enabled: bool = Field(description="Whether /classify/* and /v1/models require a bearer key")
 
 
 class ErrorResponse(BaseModel):

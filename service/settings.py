@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_text_chars: int = 20_000
 
     warmup: bool = True
+    warmup_timeout_s: float = Field(600.0, description="Start-up fails (exit 1) if the warm-up request takes longer")
+    drain_timeout_s: float = Field(
+        150.0, description="On SIGTERM, in-flight requests get this long to finish (above the request deadline)"
+    )
 
     # Security and reliability
     api_keys: str = Field("", description="Comma-separated bearer keys; empty disables auth (logged at start-up)")

@@ -48,13 +48,37 @@ def test_compose_file_follows_the_compose_specification():
     assert "COMPOSE_PROFILES=gpu" in (REPO / ".env").read_text()
 
 
+def _seconds(value: str) -> float:
+    return float(value.rstrip("s"))
+
+
+def test_no_default_secrets_and_shutdown_outlasts_the_drain():
+    from service.settings import Settings
+
+    s = Settings()
+    assert s.drain_timeout_s > s.request_timeout_s  # a request admitted just before SIGTERM can still finish
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name in ("secclf", "secclf-cpu"):
+        svc = compose[name]
+        assert svc["environment"]["SECCLF_API_KEYS"].startswith("${SECCLF_API_KEYS:?")  # fails clearly if unset
+        assert _seconds(svc["stop_grace_period"]) > s.drain_timeout_s
+        assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
+    assert compose["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "SECCLF_API_KEYS" not in (REPO / ".env").read_text()
+    docs = list(yaml.safe_load_all((REPO / "docker/k8s/secclf.yaml").read_text()))
+    assert not [d for d in docs if d["kind"] == "Secret"]  # the user creates it; no key ships in the repo
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[-1]) + s.drain_timeout_s
+
+
 def test_kubernetes_manifests_validate():
     r = subprocess.run(
         [str(BIN / "kubernetes-validate"), "docker/k8s/secclf.yaml"], cwd=REPO, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
     docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "docker/k8s/secclf.yaml").read_text())}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ServiceMonitor", "Secret"} <= set(docs)
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ServiceMonitor"} <= set(docs)
     c = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

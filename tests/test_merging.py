@@ -44,3 +44,19 @@ def test_merged_model_matches_lora_and_is_cached(tmp_path, base_model):
     again = merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
     rebuilt = AutoModelForCausalLM.from_pretrained(again, dtype=torch.float32, use_safetensors=True).eval()
     torch.testing.assert_close(rebuilt(ids).logits[0, -1], want, atol=2e-3, rtol=1e-3)
+
+
+def test_cached_copy_from_other_inputs_is_rebuilt_and_names_are_sanitised(tmp_path, base_model):
+    import json
+
+    manifest = load_manifest(DEFAULT_CVSS).model_copy(update={"name": "../../evil name"})
+    merged = merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
+    assert merged.parent == tmp_path and ".." not in merged.name and " " not in merged.name
+    stamp = merged / "secclf-merged.json"
+    recorded = json.loads(stamp.read_text())
+    # a stamp whose weights hash matches but which claims another adapter: not trusted, rebuilt
+    stamp.write_text(json.dumps({**recorded, "adapter_sha256": "0" * 64}))
+    mtime = (merged / "model.safetensors").stat().st_mtime_ns
+    assert merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path) == merged
+    assert (merged / "model.safetensors").stat().st_mtime_ns != mtime
+    assert json.loads(stamp.read_text())["adapter_sha256"] == recorded["adapter_sha256"]

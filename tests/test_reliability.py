@@ -56,7 +56,8 @@ def test_auth(guarded):
     assert _post(guarded, {"text": TEXT}, key="key-old").status_code == 200  # rotation: both keys work
     assert _post(guarded, {"text": TEXT}, key="key-new").status_code == 200
     assert httpx.get(guarded.url + "/v1/models").status_code == 401
-    assert httpx.get(guarded.url + "/v1/models", headers={"authorization": "Bearer key-old"}).status_code == 200
+    r = httpx.get(guarded.url + "/v1/models", headers={"authorization": "Bearer key-old"})
+    assert r.status_code == 200 and r.json()["auth_enabled"] is True
     for path in ("/healthz", "/readyz", "/metrics"):
         assert httpx.get(guarded.url + path).status_code == 200
     assert "auth enabled: 2 API key(s)" in guarded.log_path.read_text()

@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,8 @@ def merged_model_dir(base: str, artifact: Path, manifest: Manifest, cache_dir: P
     base_hash = weights_hash(base) or manifest.base_model.weights_sha256
     if not adapter_hash or not base_hash:
         raise ArtifactError(f"{artifact}: cannot key a merged model without base and adapter hashes")
-    out = Path(cache_dir) / f"{manifest.name}-{base_hash[:12]}-{adapter_hash[:12]}"
+    safe_name = re.sub(r"[^A-Za-z0-9_-]+", "_", manifest.name)[:64] or "model"  # one plain path component
+    out = Path(cache_dir) / f"{safe_name}-{base_hash[:12]}-{adapter_hash[:12]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time: services starting together must not replace a folder another one is loading
     with (out.parent / ".lock").open("w") as lock:
@@ -39,11 +41,19 @@ def merged_model_dir(base: str, artifact: Path, manifest: Manifest, cache_dir: P
 def _cached_or_built(base: str, artifact: Path, out: Path, base_hash: str, adapter_hash: str) -> Path:
     stamp = out / STAMP
     if stamp.is_file():
-        recorded = json.loads(stamp.read_text())
-        if recorded.get("weights_sha256") == weights_hash(str(out)):
+        try:
+            recorded = json.loads(stamp.read_text())
+        except ValueError:
+            recorded = {}
+        # Reused only if it was built from these very inputs (full hashes) and its weights are intact
+        if (
+            recorded.get("base_sha256") == base_hash
+            and recorded.get("adapter_sha256") == adapter_hash
+            and recorded.get("weights_sha256") == weights_hash(str(out))
+        ):
             log.info("using cached merged model %s", out)
             return out
-        log.warning("merged model %s does not match its stamp; rebuilding", out)
+        log.warning("merged model %s does not match its inputs or its stamp; rebuilding", out)
     _build(base, artifact, out, {"base_sha256": base_hash, "adapter_sha256": adapter_hash})
     return out
 

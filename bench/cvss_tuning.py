@@ -18,6 +18,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from training.manifest import load_split
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The service's defaults before tuning; each row names what it changes.
@@ -69,7 +71,7 @@ def run_one(cfg: dict, n: int, repeats: int, data: Path) -> dict:
     manifest = load_manifest(artifact)
     base = base_for(manifest)
     tok = load_tokenizer(base)
-    val = set(json.loads((artifact / "split.json").read_text())["validation_ids"])
+    val = set(load_split(artifact).validation_ids)
     texts = [e.description for e in load_cvss([data]) if e.cve_id in val][:n]
     prompts = [render(tok, manifest, t)[0] for t in texts]
     labels = manifest.labels

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from training.manifest import load_split
+
 REPO = Path(__file__).resolve().parent.parent
 CVSS_ART = REPO / "artifacts" / "cvss-default"
 SEED_ADAPTER = REPO / "models" / "seed-cvss-adapter"
@@ -39,6 +41,42 @@ def word_choices(labels) -> list[list[str]]:
     return [[" " + w for w in m.values.values()] for m in labels.metrics]
 
 
+class _LeftPad:
+    """Left-pads token ids (every row ends with its answer); stacks the equal-length labels."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, feats):
+        import torch
+
+        n = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(feats), n), dtype=torch.long)
+        for i, f in enumerate(feats):
+            ids[i, n - len(f["input_ids"]) :] = torch.tensor(f["input_ids"])
+            mask[i, n - len(f["input_ids"]) :] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in feats])}
+
+
+def _seed_trainer():
+    """The seed's loss: full-vocabulary cross-entropy on the answer tokens (-100 elsewhere)."""
+    import torch
+    from transformers import Trainer
+
+    class SeedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            out = model(**inputs, logits_to_keep=labels.shape[1] + 1)
+            logits = out.logits[:, :-1, :].float()
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
+            )
+            return (loss, out) if return_outputs else loss
+
+    return SeedTrainer
+
+
 def train(data: Path, steps: int | None, out: Path) -> dict:
     import torch
     from peft import get_peft_model
@@ -49,14 +87,14 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
     from training.manifest import load_manifest
     from training.modeling import base_for, load_tokenizer
     from training.prompting import truncate
-    from training.trainer import AnswerOnlyTrainer, TrainConfig, lora_config
+    from training.trainer import TrainConfig, lora_config
     from training.trainer import train as run_trainer
 
     manifest = load_manifest(CVSS_ART)
     hp = manifest.hyperparameters
     base = base_for(manifest)
     tok = load_tokenizer(base)
-    train_ids = set(json.loads((CVSS_ART / "split.json").read_text())["train_ids"])
+    train_ids = set(load_split(CVSS_ART).train_ids)
     examples = [e for e in load_cvss([data]) if e.cve_id in train_ids]
     labels = manifest.labels
     choices = word_choices(labels)
@@ -85,7 +123,7 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
     model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
-        stats = run_trainer(model, rows, tok.pad_token_id, cfg, work, AnswerOnlyTrainer, "left")
+        stats = run_trainer(model, rows, cfg, work, _seed_trainer(), collator=_LeftPad(tok.pad_token_id))
     info = {
         "steps": steps,
         "default_adapter_steps": ours_steps,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -38,6 +39,7 @@ class Models:
 
 
 router = APIRouter()
+text_log = logging.getLogger("service.texts")
 protected = [Depends(require_api_key)]
 ops = [Depends(require_api_key_for_ops)]
 ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
@@ -53,6 +55,12 @@ def settings(request: Request) -> Settings:
 
 ModelsDep = Annotated[Models, Depends(models)]
 SettingsDep = Annotated[Settings, Depends(settings)]
+
+
+def _log_texts(route: str, texts: list[str], s: Settings) -> None:
+    """Request texts reach the log only when SECCLF_LOG_TEXT is set (they may hold sensitive reports)."""
+    if s.log_text:
+        text_log.info("request texts", extra={"route": route, "texts": texts})
 
 
 def _check_lengths(texts: list[str], limit: int) -> None:
@@ -88,6 +96,7 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     cvss = _require(m.cvss, "CVSS", m)
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
+    _log_texts("/classify/cvss", texts, s)
     adapter = body.adapter or DEFAULT_ADAPTER
     if len(texts) > s.max_inflight_cvss:  # could never be accepted: retrying would not help
         raise HTTPException(
@@ -115,6 +124,7 @@ async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
     attack = _require(m.attack, "ATT&CK", m)
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
+    _log_texts("/classify/attack", texts, s)
     if s.batch_queue_size and len(texts) > s.batch_queue_size:  # could never be accepted: retrying would not help
         raise HTTPException(422, f"{len(texts)} texts exceed this server's queue of {s.batch_queue_size}")
     results = await _deadline(attack.classify_many(texts, body.top_k), s)

@@ -94,11 +94,14 @@ def test_backpressure_rejects_at_once_and_loses_nothing(guarded):
 
 
 def test_deadline_gives_504(tmp_path_factory, base_model):
-    s = _server(tmp_path_factory, "deadline", SECCLF_CVSS_ARTIFACT="", SECCLF_REQUEST_TIMEOUT_S="0.001")
+    s = _server(
+        tmp_path_factory, "deadline", SECCLF_CVSS_ARTIFACT="", SECCLF_REQUEST_TIMEOUT_S="0.001", SECCLF_LOG_TEXT="true"
+    )
     try:
         r = _post(s, {"texts": [TEXT] * 32}, key=None)
         assert r.status_code == 504 and "deadline" in r.json()["detail"]
         assert httpx.get(s.url + "/readyz").status_code == 200
+        assert "Mimikatz" in s.log_path.read_text()  # SECCLF_LOG_TEXT=true logs texts (off by default)
     finally:
         s.stop()
 

@@ -327,3 +327,30 @@ def test_no_drift_attack(client, cti_hal):
         for p in g
     ]
     assert max(diffs) < 1e-3, max(diffs)
+
+
+# Strings a JSON client can send that stress text handling; raw JSON escapes, so surrogates survive.
+NASTY = [
+    r"\ud800",
+    r"trailing \udfff",
+    r"\udbff\udfff paired",
+    r"\u0000",
+    r"\u0001\u0002\u001f control",
+    r"\u202e RTL override \u200b zero width \ufeff BOM",
+    r"\ud83d\ude00 emoji",
+    r"\u00a0\u3000",
+    r"A" + r"\u0301" * 300,
+    r"<script>alert(1)</script> ' OR 1=1 --",
+    r"\\ backslash \" quote",
+    r"\n\t\r",
+]
+
+
+@pytest.mark.parametrize("route, field", [("/classify/attack", "text"), ("/classify/cvss", "description")])
+def test_nasty_strings_never_5xx(client, route, field):
+    for s in NASTY:
+        body = ('{"' + field + '": "' + s + '"}').encode()
+        r = client.post(route, content=body, headers={"content-type": "application/json"})
+        assert r.status_code in (200, 422), (s, r.status_code, r.text)
+        assert r.json()  # always a JSON answer
+    assert client.get("/readyz").status_code == 200

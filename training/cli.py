@@ -35,6 +35,21 @@ def merge_adapter(
     typer.echo(f"wrote {merged_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
 
 
+@app.command("calibrate-cvss")
+def calibrate_cvss(
+    artifact: Annotated[Path, typer.Option(help="A CVSS artifact folder")],
+    data: Annotated[list[Path], typer.Option(help="Data holding its validation CVEs")],
+    out: Annotated[Path, typer.Option(help="Artifact folder to write (may be a new name)")],
+    name: Annotated[str | None, typer.Option(help="Name of the written artifact")] = None,
+) -> None:
+    """Fit a CVSS artifact's temperature on its validation CVEs (training does this itself now)."""
+    from training.cvss import calibrate_cvss as run
+
+    _setup_logging()
+    m = run(artifact, data, out, name)
+    typer.echo(m.model_dump_json(include={"name", "version", "temperature"}, indent=2))
+
+
 @app.callback()
 def main() -> None:
     """Train and evaluate the classifiers; write versioned artifacts."""

@@ -33,7 +33,7 @@ from training.metrics import cvss_metrics
 from training.modeling import load_tokenizer, pick_device, pick_dtype
 from training.predict import cvss_value_token_ids, predict_cvss, render
 from training.prompting import CVSS_TEMPLATE
-from training.split import split_cvss
+from training.split import calibration_halves, split_cvss
 from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,57 @@ def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[di
 def _selection_score(metrics: dict) -> float:
     """Best epoch: highest mean per-metric accuracy; base-score MAE breaks near-ties."""
     return metrics["mean_metric_accuracy"] - 0.01 * metrics["base_score_mae"]
+
+
+def _calibration(metrics: dict, probs: list, val_ex: list[CvssExample]) -> dict:
+    """One temperature for the per-metric softmaxes, fitted on the validation CVEs; its effect is scored
+    cross-fitted (each half scaled by a T fitted on the other half), never on the rows that fitted it."""
+    truth = [e.values for e in val_ex]
+    ece_raw = metrics.pop("ece_metric_probabilities")
+    return {
+        "temperature": fit_cvss_temperature(probs, truth),
+        "ece_uncalibrated": ece_raw,
+        "ece_calibrated_crossfit": cross_fitted_cvss_ece(probs, truth, calibration_halves([e.cve_id for e in val_ex])),
+    }
+
+
+def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None = None) -> Manifest:
+    """(Re-)fit an existing CVSS artifact's temperature on its validation CVEs and write it as `out`,
+    the adapter unchanged (what `train_cvss` does at its end, for artifacts trained before it did)."""
+    import shutil
+
+    from training.artifacts import ADAPTER_FILE
+    from training.manifest import SPLIT_FILE, load_manifest
+    from training.modeling import base_for, load_causal_lm_with_adapter
+
+    manifest = load_manifest(artifact)
+    split = json.loads((Path(artifact) / SPLIT_FILE).read_text())  # typed or the earlier untyped layout
+    split = CvssSplit(train_ids=split["train_ids"], validation_ids=split["validation_ids"])
+    val_ids = set(split.validation_ids)
+    val_ex = sorted((e for e in load_cvss(data) if e.cve_id in val_ids), key=lambda e: e.cve_id)
+    if len(val_ex) != len(val_ids):
+        raise ValueError(f"--data holds {len(val_ex)} of the artifact's {len(val_ids)} validation CVEs")
+    device = pick_device()
+    base = base_for(manifest)
+    raw = manifest.model_copy(update={"temperature": 1.0})
+    model = load_causal_lm_with_adapter(Path(artifact), base, device, pick_dtype(device))
+    metrics, probs = evaluate_cvss_model(model, load_tokenizer(base), raw, val_ex)
+    calibration = _calibration(metrics, probs, val_ex)
+    kept = {k: v for k, v in manifest.metrics.items() if k != "ece_metric_probabilities"}
+    final = manifest.model_copy(
+        update={
+            "name": name or manifest.name,
+            "temperature": calibration["temperature"],
+            "metrics": {**kept, **calibration},
+        }
+    )
+
+    def write(d: Path) -> None:
+        for f in ("adapter_config.json", ADAPTER_FILE):
+            shutil.copy2(Path(artifact) / f, d / f)
+        write_split(d, split)
+
+    return write_artifact(Path(out), final, write)
 
 
 def evaluate_cvss_model(model, tokenizer, manifest: Manifest, examples: list[CvssExample]) -> tuple[dict, list]:
@@ -152,14 +203,8 @@ def train_cvss(
     best_epoch = epoch_end.restore_best(model)
     model.eval().to(device, dtype=pick_dtype(device))
     metrics, probs = evaluate_cvss_model(model, tokenizer, draft, val_ex)
-    # One temperature for the per-metric softmaxes, fitted on the validation CVEs; its effect is scored
-    # cross-fitted (each half scaled by a T fitted on the other half), never on the rows that fitted it.
-    truth = [e.values for e in val_ex]
-    temperature = fit_cvss_temperature(probs, truth)
-    metrics["temperature"] = temperature
-    metrics["ece_uncalibrated"] = metrics.pop("ece_metric_probabilities")
-    metrics["ece_calibrated_crossfit"] = cross_fitted_cvss_ece(probs, truth, [i % 2 for i in range(len(val_ex))])
-    draft = draft.model_copy(update={"temperature": temperature})
+    metrics.update(_calibration(metrics, probs, val_ex))
+    draft = draft.model_copy(update={"temperature": metrics["temperature"]})
     metrics["train_seconds"] = round(time.time() - started, 1)
     metrics["cache_seconds"] = round(cache_seconds, 1)
     metrics["best_epoch"] = best_epoch

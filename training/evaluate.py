@@ -87,6 +87,7 @@ def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, spl
     fitted it, so on those the temperature's effect is scored cross-fitted (by halves) instead."""
     from training.calibrate import cross_fitted_cvss_ece, cvss_ece
     from training.predict import sharpen
+    from training.split import calibration_halves
 
     fitted_ids = set(split.validation_ids) if isinstance(split, CvssSplit) and manifest.temperature != 1.0 else set()
     fitted = [e.cve_id in fitted_ids for e in test]
@@ -102,7 +103,8 @@ def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, spl
         raw = [{k: sharpen(p, 1 / manifest.temperature) for k, p in probs[i].items()} for i in idx]  # undo T
         truth = [test[i].values for i in idx]
         out["ece_uncalibrated"] = cvss_ece(raw, truth)
-        out["ece_calibrated_crossfit"] = cross_fitted_cvss_ece(raw, truth, [j % 2 for j in range(len(idx))])
+        halves = calibration_halves([test[i].cve_id for i in idx])
+        out["ece_calibrated_crossfit"] = cross_fitted_cvss_ece(raw, truth, halves)
 
 
 def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -> dict:

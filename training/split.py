@@ -47,3 +47,9 @@ def group_k_folds(examples: Sequence[AttackExample], k: int) -> list[tuple[str, 
         folds[i].append(g)
         totals[i] += sizes[g]
     return [tuple(sorted(f)) for f in folds]
+
+
+def calibration_halves(ids: Sequence[str]) -> list[int]:
+    """0 or 1 per id, by a fixed hash: the two halves a calibration is cross-fitted over (the same
+    halves whichever order the rows come in, so training and `evaluate` report the same figure)."""
+    return [int(_unit(i, 0) * 2) for i in ids]

@@ -205,11 +205,13 @@ def train(
     rows: list[dict[str, Any]],
     cfg: TrainConfig,
     workdir: str,
-    trainer_cls: type[_StatesTrainer],
+    trainer_cls: type[Trainer],
     callbacks: Sequence[TrainerCallback] = (),
+    collator=None,
     **trainer_kw,
 ) -> dict[str, float]:
-    """Run the Trainer over rows of cached states (`states`, `labels`, `input_ids` for length grouping)."""
+    """Run the Trainer over rows of cached states (`states`, `labels`, `input_ids` for length grouping);
+    another `collator` and `trainer_cls` pair trains on other rows (the benchmark's seed-method baseline)."""
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -240,7 +242,7 @@ def train(
         model=model,
         args=args,
         train_dataset=_ListDataset(rows),
-        data_collator=StatesCollator(),
+        data_collator=collator or StatesCollator(),
         callbacks=list(callbacks),
         **trainer_kw,
     )

@@ -164,19 +164,25 @@ class CvssModel:
         return ModelInfo(name=m.name, version=m.version, task="cvss", base_model=self.base, adapter=adapter)
 
     # -- preprocess / predict / postprocess -----------------------------------------------------
-    def preprocess(self, text: str) -> tuple[str, bool]:
-        """Truncate and template exactly as training did (same function, same manifest)."""
-        return render(self.tokenizer, self.manifest, text)
+    def preprocess(self, text: str) -> tuple[list[int], bool]:
+        """Token ids made exactly as training made them: same truncation, template and encoding, and no
+        special tokens (a Llama-3 tokenizer would otherwise add a BOS that training never saw)."""
+        prompt, truncated = render(self.tokenizer, self.manifest, text)
+        return self.tokenizer.encode(prompt, add_special_tokens=False), truncated
 
     def sampling_params(self):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         width = max(len(m.values) for m in self.labels.metrics)
+        # The grammar fixes which metric comes next; the allowed ids keep each step to the single-token
+        # values (no bare-space token then a letter). Together they leave exactly one metric's values,
+        # and `width` logprobs then cover every allowed value of every metric.
         return SamplingParams(
             temperature=0.0,
             max_tokens=len(self.labels.metrics),
             logprobs=width,
+            allowed_token_ids=sorted({t for ids in self._value_ids for t in ids}),
             structured_outputs=StructuredOutputsParams(regex=self.labels.answer_regex()),
         )
 
@@ -185,14 +191,19 @@ class CvssModel:
             raise UnknownAdapter(adapter)
         return self._lora[adapter]
 
-    async def predict(self, prompt: str, adapter: str = DEFAULT_ADAPTER):
+    async def predict(self, prompt_ids: list[int], adapter: str = DEFAULT_ADAPTER):
+        from vllm.inputs import TokensPrompt
+
         lora = self.lora_request(adapter)
         if not self.healthy:
             raise EngineUnavailable("the vLLM engine is not running")
         final = None
         try:
             async for out in self.engine.generate(
-                prompt, self.sampling_params(), request_id=uuid.uuid4().hex, lora_request=lora
+                TokensPrompt(prompt_token_ids=prompt_ids),
+                self.sampling_params(),
+                request_id=uuid.uuid4().hex,
+                lora_request=lora,
             ):
                 final = out
         except Exception as e:  # engine dead or request failed inside the engine
@@ -238,5 +249,5 @@ class CvssModel:
         )
 
     async def classify(self, text: str, adapter: str = DEFAULT_ADAPTER) -> CvssResult:
-        prompt, truncated = self.preprocess(text)
-        return self.postprocess(await self.predict(prompt, adapter), truncated, adapter)
+        prompt_ids, truncated = self.preprocess(text)
+        return self.postprocess(await self.predict(prompt_ids, adapter), truncated, adapter)

@@ -1,0 +1,34 @@
+"""The service sends vLLM the token ids training trained on: same truncation, template and encoding,
+no special tokens, even with a tokenizer that adds a BOS by default (as Llama-3's does)."""
+
+from __future__ import annotations
+
+from tests.conftest import DEFAULT_CVSS
+from training.data import CvssExample
+
+TEXT = "A SQL injection in the login form of Acme Portal allows remote attackers to run SQL commands."
+
+
+def test_cvss_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_model):
+    from service.models.cvss import CvssModel
+    from service.settings import Settings
+    from training.cvss import _rows
+    from training.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(base_model))
+    tok.add_bos_token = True
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id  # this tokenizer adds a BOS to plain strings
+
+    model = CvssModel(DEFAULT_CVSS, Settings())
+    model.tokenizer = tok
+    ids, truncated = model.preprocess(TEXT)
+    assert not truncated and tok.bos_token_id not in ids
+
+    row = _rows(
+        tok, model.manifest, [CvssExample("CVE-0000-0001", TEXT, "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "t")]
+    )
+    n_answer = len(model.labels.metrics)
+    assert row[0]["input_ids"][:-n_answer] == ids  # exactly the prompt training saw before the answer
+
+    long_ids, long_truncated = model.preprocess(TEXT * 40)
+    assert long_truncated and len(long_ids) < len(tok.encode(TEXT * 40, add_special_tokens=False))

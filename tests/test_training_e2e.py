@@ -69,26 +69,16 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     load_manifest(out)  # the report folder does not break verification
 
 
+def _train_attack(out, cti_hal, *args: str):
+    """A small ATT&CK run: 2 adapted layers, no catalogue examples (minutes, not the default's half hour)."""
+    return _cli(
+        "attack", "--data", str(cti_hal), "--out", str(out), "--lora-layers", "2", "--no-catalogue-examples", *args
+    )
+
+
 def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
-    r = _cli(
-        "attack",
-        "--data",
-        str(cti_hal),
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--limit-train",
-        "8",
-        "--folds",
-        "2",
-        "--lora-layers",
-        "2",
-        "--no-catalogue-examples",
-    )
+    r = _train_attack(out, cti_hal, "--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
     assert m.task == "attack" and "head.safetensors" in m.files and len(m.labels.techniques) > 200
@@ -113,12 +103,9 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
 
 def test_attack_holdout_evaluate_skips_calibration_on_the_temperature_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
-    r = _cli(
-        "attack",
-        "--data",
-        str(cti_hal),
-        "--out",
-        str(out),
+    r = _train_attack(
+        out,
+        cti_hal,
         "--max-steps",
         "3",
         "--batch-size",
@@ -127,9 +114,6 @@ def test_attack_holdout_evaluate_skips_calibration_on_the_temperature_group(tmp_
         "10",
         "--validation-group",
         "wizardspider",
-        "--lora-layers",
-        "2",
-        "--no-catalogue-examples",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     split = json.loads((out / "split.json").read_text())

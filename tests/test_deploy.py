@@ -82,7 +82,15 @@ def test_kubernetes_manifests_validate():
     c = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["resources"]["requests"]["memory"]
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert {"/tmp", "/data/hf-cache", env["SECCLF_CACHE_DIR"]} <= mounts  # every path the service writes
+    [metric] = docs["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "secclf_requests_in_flight"
 
 
 def test_prometheus_config_scrapes_metrics():

@@ -180,6 +180,7 @@ def test_engine_failure_turns_unready_then_exits_nonzero(cvss_small):
         t = time.perf_counter()
         r = httpx.post(s.url + "/classify/cvss", json={"description": "buffer overflow"}, timeout=30)
         assert r.status_code == 503 and time.perf_counter() - t < 10
+        assert "not ready" in r.json()["detail"] and "vllm" not in r.text.lower()  # no engine internals
         assert s.proc.wait(60) == 3  # exits non-zero so the container restarts it
     finally:
         s.stop()

@@ -37,6 +37,7 @@ def _check_cvss(result: dict) -> None:
     for key, m in result["metrics"].items():
         probs = m["probabilities"]
         assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-6)
+        assert all(p > 0 for p in probs.values()), (key, probs)  # every allowed value got its logprob
         assert m["value"] == max(probs, key=probs.get)
         assert f"/{key}:{m['value']}" in result["vector"]
     assert result["model"]["task"] == "cvss" and result["model"]["name"] == "cvss-default"

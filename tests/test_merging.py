@@ -60,3 +60,17 @@ def test_cached_copy_from_other_inputs_is_rebuilt_and_names_are_sanitised(tmp_pa
     assert merged_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path) == merged
     assert (merged / "model.safetensors").stat().st_mtime_ns != mtime
     assert json.loads(stamp.read_text())["adapter_sha256"] == recorded["adapter_sha256"]
+
+
+def test_builders_wait_while_an_engine_reads_the_cache(tmp_path):
+    import fcntl
+
+    import pytest
+
+    from training.merging import reading
+
+    # a builder's exclusive lock cannot be taken while an engine reads
+    with reading(tmp_path), (tmp_path / ".lock").open("a") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with (tmp_path / ".lock").open("a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after loading

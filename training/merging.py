@@ -7,6 +7,7 @@ folder is written atomically and its weights hash is re-checked on every reuse.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from training.base_model import weights_hash
@@ -33,9 +35,22 @@ def merged_model_dir(base: str, artifact: Path, manifest: Manifest, cache_dir: P
     out = Path(cache_dir) / f"{safe_name}-{base_hash[:12]}-{adapter_hash[:12]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time: services starting together must not replace a folder another one is loading
-    with (out.parent / ".lock").open("w") as lock:
+    with (out.parent / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _cached_or_built(base, artifact, out, base_hash, adapter_hash)
+
+
+@contextlib.contextmanager
+def reading(cache_dir: Path) -> Iterator[None]:
+    """Hold while an engine loads a cached folder: builders (exclusive lock) wait until it is loaded,
+    so no folder is replaced under a reader."""
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with (Path(cache_dir) / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _cached_or_built(base: str, artifact: Path, out: Path, base_hash: str, adapter_hash: str) -> Path:

@@ -132,7 +132,13 @@ class CvssModel:
             enable_prefix_caching=True,
             **lora,
         )
-        self.engine = AsyncLLM.from_engine_args(args)
+        if merge:
+            from training.merging import reading
+
+            with reading(s.cache_dir):  # the cached folder cannot be rebuilt while vLLM loads it
+                self.engine = AsyncLLM.from_engine_args(args)
+        else:
+            self.engine = AsyncLLM.from_engine_args(args)
         self._lora = {
             name: None if merge else LoRARequest(f"{name}-{m.version}", i + 1, str(path))
             for i, (name, (path, m)) in enumerate(self.adapters.items())

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DATA_DIR ?= ../shared/data
 export DATA_DIR
 
-.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak fuzz
 
 setup:
 	@bash scripts/setup.sh
@@ -39,3 +39,7 @@ bench: setup
 # Bounded soak on loopback (about 10,000 mixed requests at concurrency 64)
 soak: setup
 	$(PY) -m bench.soak
+
+# Longer schemathesis fuzz of the live service (200 cases per operation, NUL characters included; no 5xx)
+fuzz: setup
+	SECCLF_FUZZ_EXAMPLES=200 $(PY) -m pytest -q tests/test_reliability.py -k fuzz

@@ -3,6 +3,7 @@ answering, loses nothing and lets no one in without the key."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -197,7 +198,9 @@ def test_fuzz_no_server_errors(service):
             "--checks",
             "not_a_server_error",
             "--max-examples",
-            "15",
+            os.environ.get("SECCLF_FUZZ_EXAMPLES", "15"),  # `make fuzz` runs 200 per operation
+            "--generation-allow-x00",
+            "true",
             "--request-timeout",
             "300",
             "--workers",

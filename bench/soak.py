@@ -1,6 +1,8 @@
 """`make soak`: a bounded soak on loopback: ~10,000 mixed requests at concurrency 64 against a fresh
-service; reports errors by status, lost requests (must be 0), p99 latency and resident-memory growth
-between the first and the last thousand requests (target under 10 %)."""
+service, 5 % of them bad inputs (lone surrogates, oversized bodies, malformed JSON, blank text); reports
+statuses, lost requests (must be 0), unexpected answers (a bad input not given its 4xx, a good one not
+given 200; must be 0), readiness checked throughout, p99 latency and resident-memory growth between the
+first and the last thousand requests (target under 10 %)."""
 
 from __future__ import annotations
 
@@ -18,35 +20,61 @@ import httpx
 from bench.load import percentiles
 from bench.run import REPO, Service, inputs
 
+# (name, raw JSON body for /classify/attack, the status it must get)
+BAD_INPUTS = [
+    ("surrogate", b'{"text": "the actor \\ud800 used mimikatz"}', 422),
+    ("oversized", b'{"text": "' + b"a" * 1_100_000 + b'"}', 413),
+    ("malformed", b'{"text": "unterminated', 422),
+    ("blank", b'{"text": "   "}', 422),
+]
 
-async def soak(svc: Service, cves: list[str], texts: list[str], n: int, concurrency: int, cvss_share: float) -> dict:
+
+async def soak(
+    svc: Service, cves: list[str], texts: list[str], n: int, concurrency: int, cvss_share: float, bad_share: float
+) -> dict:
     rng = random.Random(7)
-    plan = [
-        ("cvss", rng.choice(cves)) if rng.random() < cvss_share else ("attack", rng.choice(texts)) for _ in range(n)
-    ]
+    plan = []
+    for _ in range(n):
+        u = rng.random()
+        if u < bad_share:
+            plan.append(("bad", rng.randrange(len(BAD_INPUTS))))
+        elif u < bad_share + cvss_share:
+            plan.append(("cvss", rng.choice(cves)))
+        else:
+            plan.append(("attack", rng.choice(texts)))
     statuses: Counter[str] = Counter()
+    unexpected: Counter[str] = Counter()
+    not_ready = 0
     lat: list[float] = []
     answered = 0
     rss: dict[int, int] = {}
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=svc.url, timeout=300, limits=httpx.Limits(max_connections=concurrency)) as c:
 
-        async def one(i: int, kind: str, text: str) -> None:
-            nonlocal answered
+        async def one(i: int, kind: str, item) -> None:
+            nonlocal answered, not_ready
             async with sem:
                 t = time.perf_counter()
                 try:
                     if kind == "cvss":
-                        r = await c.post("/classify/cvss", json={"description": text})
+                        r = await c.post("/classify/cvss", json={"description": item})
+                    elif kind == "attack":
+                        r = await c.post("/classify/attack", json={"text": item, "top_k": 5})
                     else:
-                        r = await c.post("/classify/attack", json={"text": text, "top_k": 5})
+                        name, body, _ = BAD_INPUTS[item]
+                        r = await c.post("/classify/attack", content=body, headers={"content-type": "application/json"})
                     statuses[str(r.status_code)] += 1
+                    want = BAD_INPUTS[item][2] if kind == "bad" else 200
+                    if r.status_code != want:
+                        unexpected[f"{BAD_INPUTS[item][0] if kind == 'bad' else kind}:{r.status_code}"] += 1
                     answered += 1
                 except httpx.HTTPError as e:
                     statuses[type(e).__name__] += 1
                 lat.append(time.perf_counter() - t)
                 if i % 250 == 0:
                     rss[i] = svc.rss()
+                if i % 50 == 0 and (await c.get("/readyz")).status_code != 200:
+                    not_ready += 1
 
         start = time.perf_counter()
         await asyncio.gather(*(one(i, k, t) for i, (k, t) in enumerate(plan)))
@@ -58,10 +86,15 @@ async def soak(svc: Service, cves: list[str], texts: list[str], n: int, concurre
         "requests": n,
         "concurrency": concurrency,
         "cvss_share": cvss_share,
+        "bad_share": bad_share,
+        "bad_inputs": {name: status for name, _, status in BAD_INPUTS},
         "wall_s": wall,
         "requests_per_s": n / wall,
         "statuses": dict(statuses),
         "lost": n - answered,
+        "unexpected": dict(unexpected),
+        "server_errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
+        "readiness_checks_failed": not_ready,
         "latency": percentiles(lat),
         "rss_first_1000_mb": sum(first) / len(first) / 2**20 if first else None,
         "rss_last_1000_mb": sum(last) / len(last) / 2**20 if last else None,
@@ -76,6 +109,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cvss-share", type=float, default=0.2)
+    ap.add_argument("--bad-share", type=float, default=0.05, help="share of bad inputs (each must get its 4xx)")
     ap.add_argument("--port", type=int, default=8078)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = ap.parse_args()
@@ -84,13 +118,14 @@ def main() -> None:
     svc = Service(args.port)
     try:
         svc.wait_ready()
-        result = asyncio.run(soak(svc, cves, texts, args.requests, args.concurrency, args.cvss_share))
+        result = asyncio.run(soak(svc, cves, texts, args.requests, args.concurrency, args.cvss_share, args.bad_share))
     finally:
         svc.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    raise SystemExit(0 if result["lost"] == 0 else 1)
+    ok = result["lost"] == 0 and not result["unexpected"] and result["readiness_checks_failed"] == 0
+    raise SystemExit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ metric), each answered with the metric's word label ("Network", "Adjacent Networ
 
 `python -m bench.seed_method train` fine-tunes a LoRA for that format with the default artifact's LoRA
 settings, on the same training CVEs (its split.json), for the same number of optimizer steps (equal
-compute), and saves it as PEFT safetensors to models/seed-cvss-adapter (outside git). `bench.run`
-then serves both adapters from one vLLM engine and compares speed and validation accuracy.
+compute), and saves it as PEFT safetensors to models/seed-cvss-adapter (outside git).
+`python -m bench.run --seed-method` then serves both adapters from one vLLM engine and compares speed and
+validation accuracy (`compare`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -17,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.load import run_concurrent
 from training.manifest import load_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +144,92 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
         shutil.rmtree(out)
     os.replace(staging, out)
     return info
+
+
+def _median_of(runs: list[dict], key: str = "items_per_s") -> dict:
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
+def compare(examples: list, repeats: int) -> dict:
+    """Our one constrained pass vs the seed's 8 prompts per description, on one vLLM engine serving both
+    LoRA adapters (same engine, same adapter family), at concurrency 16; accuracy on the same CVEs."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from service.models.cvss import CvssModel
+    from service.settings import Settings
+    from training.prompting import truncate
+
+    async def go():
+        model = CvssModel(CVSS_ART, Settings(cvss_merge_adapter="never"))
+        await model.load()
+        labels = model.labels
+        truths = [e.values for e in examples]
+        predicted: dict[int, dict[str, str]] = {}
+
+        async def ours(i: int) -> None:
+            prompt, truncated = model.preprocess(examples[i].description)
+            result = model.postprocess(await model.predict(prompt), truncated)
+            predicted[i] = {k: m.value for k, m in result.metrics.items()}
+
+        seed_lora = LoRARequest("seed-method", 99, str(SEED_ADAPTER)) if SEED_ADAPTER.is_dir() else None
+        choices = word_choices(labels)
+        params = [
+            SamplingParams(temperature=0.0, max_tokens=8, structured_outputs=StructuredOutputsParams(choice=c))
+            for c in choices
+        ]
+        seed_predicted: dict[int, dict[str, str]] = {}
+
+        async def seed(i: int) -> None:
+            cut = truncate(model.tokenizer, examples[i].description, model.manifest.max_input_tokens)[0]
+
+            async def one(m, prompt, sp, allowed):
+                final = None
+                async for out in model.engine.generate(
+                    prompt, sp, request_id=f"seed-{i}-{m.key}-{time.time_ns()}", lora_request=seed_lora
+                ):
+                    final = out
+                return list(m.values)[allowed.index(final.outputs[0].text)]
+
+            values = await asyncio.gather(
+                *(
+                    one(m, pr, sp, al)
+                    for m, pr, sp, al in zip(labels.metrics, seed_prompts(labels, cut), params, choices, strict=True)
+                )
+            )
+            seed_predicted[i] = {m.key: v for m, v in zip(labels.metrics, values, strict=True)}
+
+        idx = list(range(len(examples)))
+        await run_concurrent(ours, idx[:4], 4)  # warm-up
+        ours_runs = [await run_concurrent(ours, idx, 16) for _ in range(repeats)]
+        await run_concurrent(seed, idx[:2], 2)  # warm-up
+        seed_runs = [await run_concurrent(seed, idx, 16) for _ in range(repeats)]
+        await model.close()
+        return {
+            "ours_c16": _median_of(ours_runs),
+            "seed_8_prompts_c16": _median_of(seed_runs),
+            "ours_accuracy": _accuracy(predicted, truths),
+            "seed_accuracy": _accuracy(seed_predicted, truths) if seed_lora else None,
+            "seed_adapter": _seed_info(SEED_ADAPTER),
+        }
+
+    return asyncio.run(go())
+
+
+def _accuracy(predicted: dict[int, dict[str, str]], truths: list[dict[str, str]]) -> dict:
+    keys = list(truths[0])
+    hits = [[predicted[i][k] == t[k] for k in keys] for i, t in enumerate(truths) if i in predicted]
+    return {
+        "n": len(hits),
+        "mean_per_metric": sum(map(sum, hits)) / (len(hits) * len(keys)) if hits else None,
+        "exact_vector": sum(all(h) for h in hits) / len(hits) if hits else None,
+    }
+
+
+def _seed_info(path: Path) -> dict | None:
+    f = path / "seed-training.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.harness import REPO, ServerProcess
+from bench.inputs import inputs
 from bench.load import percentiles
-from bench.run import REPO, Service, inputs
 
 # (name, raw JSON body for /classify/attack, the status it must get)
 BAD_INPUTS = [
@@ -30,7 +31,7 @@ BAD_INPUTS = [
 
 
 async def soak(
-    svc: Service, cves: list[str], texts: list[str], n: int, concurrency: int, cvss_share: float, bad_share: float
+    svc: ServerProcess, cves: list[str], texts: list[str], n: int, concurrency: int, cvss_share: float, bad_share: float
 ) -> dict:
     rng = random.Random(7)
     plan = []
@@ -115,7 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     examples, texts = inputs(args.data_dir, 120)
     cves = [e.description for e in examples]
-    svc = Service(args.port)
+    svc = ServerProcess.service(port=args.port)
     try:
         svc.wait_ready()
         result = asyncio.run(soak(svc, cves, texts, args.requests, args.concurrency, args.cvss_share, args.bad_share))

@@ -32,21 +32,14 @@ async def lifespan(app: FastAPI):
         m.cvss = CvssModel(s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
     if s.attack_artifact:
         m.attack = AttackModel(s.attack_artifact, s)
-    if m.attack:
-        await m.attack.load()
-    if m.cvss:
-        await m.cvss.load()
     try:
-        for model in (m.cvss, m.attack):
-            if model is None:
-                continue
+        for model in m.loaded():
+            await model.load()
             man = model.manifest
             MODEL_INFO.labels(man.task).info({"artifact": man.name, "version": man.version, "base_model": model.base})
         if s.warmup:  # bounded: a warm-up that hangs fails start-up instead of leaving a pod never ready
-            if m.cvss:
-                await asyncio.wait_for(m.cvss.classify(WARMUP_TEXT), s.warmup_timeout_s)
-            if m.attack:
-                await asyncio.wait_for(m.attack.classify_many([WARMUP_TEXT], 1), s.warmup_timeout_s)
+            for model in m.loaded():
+                await asyncio.wait_for(model.classify_many([WARMUP_TEXT]), s.warmup_timeout_s)
         m.ready = True
         READY.set(1)
         if s.api_key_list:
@@ -61,10 +54,8 @@ async def lifespan(app: FastAPI):
         READY.set(0)
         if "watchdog" in locals():
             watchdog.cancel()
-        if m.attack:
-            await m.attack.close()
-        if m.cvss:
-            await m.cvss.close()
+        for model in m.loaded():
+            await model.close()
 
 
 async def _watchdog(app: FastAPI) -> None:
@@ -75,7 +66,7 @@ async def _watchdog(app: FastAPI) -> None:
     since: float | None = None
     while True:
         await asyncio.sleep(1)
-        sick = [type(x).__name__ for x in (m.cvss, m.attack) if x is not None and not x.healthy]
+        sick = [type(x).__name__ for x in m.loaded() if not x.healthy]
         if not sick:
             since = None
             continue
@@ -101,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="secclf",
         version="0.1.0",
         description="Fine-tuned cybersecurity classifiers: CVSS v3.1 vectors (vLLM, grammar-constrained) "
-        "and MITRE ATT&CK techniques (dynamically batched, calibrated).",
+        "and MITRE ATT&CK techniques (vLLM pooling runner, calibrated).",
         lifespan=lifespan,
     )
     app.state.settings = s

@@ -1,4 +1,5 @@
-"""Mapping of failures to HTTP answers: client mistakes are 4xx with a message, overload/engine faults 503."""
+"""Failures to HTTP answers, in one place: client mistakes are 4xx with a message, overload and engine
+faults 503 with Retry-After, engine details only in the log."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.batching import QueueFull
+from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, ServiceError
 from service.logging_setup import REQUEST_ID
 from service.metrics import ERRORS
-from service.models.cvss import EngineUnavailable, UnknownAdapter
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
@@ -33,31 +33,32 @@ def _clean(errors) -> list[dict]:
     return out
 
 
+def _kind(exc: ServiceError) -> str:
+    if isinstance(exc, InvalidInput):
+        return "validation"
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, EngineUnavailable):
+        return "engine"
+    return type(exc).__name__.lower()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         ERRORS.labels(_route(request), "validation").inc()
         return JSONResponse({"detail": _clean(exc.errors())}, status_code=422)
 
-    @app.exception_handler(QueueFull)
-    async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        ERRORS.labels(_route(request), "overloaded").inc()
-        return JSONResponse({"detail": f"overloaded: {exc}; retry later"}, 503, headers={"Retry-After": RETRY_AFTER_S})
-
-    @app.exception_handler(EngineUnavailable)
-    async def _engine(request: Request, exc: EngineUnavailable) -> JSONResponse:
-        ERRORS.labels(_route(request), "engine").inc()
-        rid = REQUEST_ID.get()
-        log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log
-        return JSONResponse(
-            {"detail": f"model unavailable; request id {rid}", "request_id": rid},
-            503,
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
-
-    @app.exception_handler(UnknownAdapter)
-    async def _adapter(request: Request, exc: UnknownAdapter) -> JSONResponse:
-        ERRORS.labels(_route(request), "validation").inc()
-        models = request.app.state.models
-        names = sorted(models.cvss.adapters) if models.cvss else []
-        return JSONResponse({"detail": f"unknown adapter {exc.args[0]!r}; loaded: {names}"}, 422)
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        ERRORS.labels(_route(request), _kind(exc)).inc()
+        headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else None
+        if isinstance(exc, EngineUnavailable):
+            rid = REQUEST_ID.get()
+            log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log
+            body = {"detail": f"model unavailable; request id {rid}", "request_id": rid}
+        elif isinstance(exc, Overloaded):
+            body = {"detail": f"overloaded: {exc}; retry later"}
+        else:
+            body = {"detail": str(exc)}
+        return JSONResponse(body, exc.status, headers=headers)

@@ -19,15 +19,23 @@ ERRORS = Counter("secclf_errors_total", "Requests answered with an error", ["rou
 IN_FLIGHT = Gauge("secclf_requests_in_flight", "Requests being handled", ["route"], registry=REGISTRY)
 STAGE_LATENCY = Histogram(
     "secclf_stage_duration_seconds",
-    "Time per stage (queue_wait, model)",
+    "Time per text and stage (preprocess, predict, postprocess)",
     ["model", "stage"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-BATCH_SIZE = Histogram(
-    "secclf_attack_batch_size",
-    "Texts per ATT&CK forward pass",
-    buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64),
+# What each vLLM engine's scheduler reports (its continuous batching replaces a batch-size histogram)
+ENGINE_RUNNING = Gauge(
+    "secclf_engine_running_requests", "Requests in the engine's running batch", ["model"], registry=REGISTRY
+)
+ENGINE_WAITING = Gauge(
+    "secclf_engine_waiting_requests", "Requests waiting for the engine's scheduler", ["model"], registry=REGISTRY
+)
+ENGINE_QUEUE_TIME = Histogram(
+    "secclf_engine_queue_seconds",
+    "Time a request waited in the engine before it was scheduled",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 ITEMS = Counter("secclf_items_total", "Texts classified", ["model"], registry=REGISTRY)

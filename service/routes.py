@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.batching import QueueFull
+from service.exceptions import DeadlineExceeded, InvalidInput, ModelNotReady, RouteDisabled
 from service.metrics import REGISTRY
 from service.models.attack import AttackModel
 from service.models.cvss import DEFAULT_ADAPTER, CvssModel
@@ -35,7 +35,9 @@ class Models:
     attack: AttackModel | None = None
     ready: bool = False
     problems: list[str] = field(default_factory=list)
-    cvss_inflight: int = 0  # texts accepted on the vLLM route and not yet answered
+
+    def loaded(self) -> list[CvssModel | AttackModel]:
+        return [x for x in (self.cvss, self.attack) if x is not None]
 
 
 router = APIRouter()
@@ -66,21 +68,21 @@ def _log_texts(route: str, texts: list[str], s: Settings) -> None:
 def _check_lengths(texts: list[str], limit: int) -> None:
     for i, t in enumerate(texts):
         if len(t) > limit:
-            raise HTTPException(422, f"item {i}: {len(t)} characters; the limit is {limit}")
+            raise InvalidInput(f"item {i}: {len(t)} characters; the limit is {limit}")
 
 
 async def _deadline(coro, s: Settings):
     try:
         return await asyncio.wait_for(coro, s.request_timeout_s)
-    except asyncio.TimeoutError as e:  # cancelling the work aborts it in vLLM / skips it in the batcher
-        raise HTTPException(504, f"not answered within the {s.request_timeout_s:g} s deadline") from e
+    except asyncio.TimeoutError as e:  # cancelling the work aborts its requests in vLLM
+        raise DeadlineExceeded(f"not answered within the {s.request_timeout_s:g} s deadline") from e
 
 
 def _require(model, name: str, m: Models):
     if model is None:
-        raise HTTPException(404, f"the {name} classifier is not enabled on this server")
+        raise RouteDisabled(f"the {name} classifier is not enabled on this server")
     if not m.ready or not model.healthy:
-        raise HTTPException(503, f"the {name} classifier is not ready", headers={"Retry-After": "1"})
+        raise ModelNotReady(f"the {name} classifier is not ready")
     return model
 
 
@@ -97,18 +99,7 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/cvss", texts, s)
-    adapter = body.adapter or DEFAULT_ADAPTER
-    if len(texts) > s.max_inflight_cvss:  # could never be accepted: retrying would not help
-        raise HTTPException(
-            422, f"{len(texts)} descriptions exceed this server's in-flight limit of {s.max_inflight_cvss}"
-        )
-    if m.cvss_inflight + len(texts) > s.max_inflight_cvss:  # bounded: answer at once rather than queue forever
-        raise QueueFull(f"{m.cvss_inflight} CVSS texts in flight (limit {s.max_inflight_cvss})")
-    m.cvss_inflight += len(texts)
-    try:
-        results = await _deadline(asyncio.gather(*(cvss.classify(t, adapter) for t in texts)), s)
-    finally:
-        m.cvss_inflight -= len(texts)
+    results = await _deadline(cvss.classify_many(texts, adapter=body.adapter or DEFAULT_ADAPTER), s)
     return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
 
 
@@ -125,9 +116,7 @@ async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/attack", texts, s)
-    if s.batch_queue_size and len(texts) > s.batch_queue_size:  # could never be accepted: retrying would not help
-        raise HTTPException(422, f"{len(texts)} texts exceed this server's queue of {s.batch_queue_size}")
-    results = await _deadline(attack.classify_many(texts, body.top_k), s)
+    results = await _deadline(attack.classify_many(texts, top_k=body.top_k), s)
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 
 
@@ -140,8 +129,7 @@ async def healthz() -> dict:
     "/readyz", tags=["ops"], dependencies=ops, summary="Readiness: 200 once every model is loaded and warmed up"
 )
 async def readyz(response: Response, m: ModelsDep) -> dict:
-    loaded = [x for x in (m.cvss, m.attack) if x is not None]
-    unhealthy = [type(x).__name__ for x in loaded if not x.healthy]
+    unhealthy = [type(x).__name__ for x in m.loaded() if not x.healthy]
     ok = m.ready and not unhealthy
     response.status_code = 200 if ok else 503
     return {"ready": ok, "unhealthy": unhealthy, "problems": m.problems}
@@ -152,9 +140,7 @@ async def readyz(response: Response, m: ModelsDep) -> dict:
 )
 async def list_models(m: ModelsDep, s: SettingsDep) -> ModelsResponse:
     out = []
-    for model in (m.cvss, m.attack):
-        if model is None:
-            continue
+    for model in m.loaded():
         man = model.manifest
         labels = len(man.labels.metrics) if man.task == "cvss" else len(man.labels.techniques)
         out.append(

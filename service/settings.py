@@ -25,14 +25,19 @@ class Settings(BaseSettings):
         default_factory=dict, description='More CVSS LoRA artifacts on the same base, JSON: {"name": "path"}'
     )
     base_model: str | None = Field(None, description="Override the manifests' base model (folder or HF id)")
-    device: str = Field("auto", description="auto | cpu | cuda (ATT&CK head)")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (ATT&CK head)")
 
-    # vLLM engine (CVSS)
+    # vLLM engines: one generation engine (CVSS) and one pooling engine (ATT&CK), same settings unless named
     vllm_dtype: str = Field("auto", description="auto: bfloat16 on a GPU, float32 on a CPU (2.5x faster on AVX2)")
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.85
-    cpu_kvcache_gib: int = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    cvss_kv_cache_gib: float = Field(
+        2.0,
+        description="KV cache of the CVSS engine (GiB; CPU RAM or GPU memory). 2 GiB holds ~45k tokens "
+        "of SmolLM2-135M, or ~16k of an 8B Llama in bf16",
+    )
+    attack_kv_cache_gib: float = Field(
+        1.0, description="KV cache of the ATT&CK pooling engine (GiB): only the prompts being scored live there"
+    )
     max_lora_rank: int = 16
     max_num_seqs: int = 64
     enforce_eager: bool = True
@@ -49,15 +54,6 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(REPO_ROOT / "models" / "cache", description="Merged-model cache (safe to delete)")
 
-    # ATT&CK micro-batcher
-    batch_max_size: int = Field(
-        0,
-        description="Texts per ATT&CK forward pass; 0: auto, 32 on a GPU, 8 on a CPU (bigger padded batches "
-        "run slower there: bench.run measures it)",
-    )
-    batch_max_wait_ms: float = 5.0
-    batch_queue_size: int = 1024
-
     # Input limits
     max_body_bytes: int = 1_000_000
     max_text_chars: int = 20_000
@@ -72,7 +68,8 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated bearer keys; empty disables auth (logged at start-up)")
     protect_ops_endpoints: bool = Field(False, description="Also require a key for /healthz, /readyz, /metrics")
     cors_origins: str = Field("", description="Comma-separated allowed origins; empty: CORS off")
-    max_inflight_cvss: int = Field(256, description="Texts in flight on the vLLM route before 503")
+    max_inflight_cvss: int = Field(256, description="CVSS texts in flight before 503 + Retry-After")
+    max_inflight_attack: int = Field(1024, description="ATT&CK texts in flight before 503 + Retry-After")
     request_timeout_s: float = Field(120.0, description="Per-request deadline; past it the answer is 504")
     unhealthy_exit_s: float = Field(15.0, description="Exit non-zero after a model stays unhealthy this long")
     log_text: bool = Field(False, description="Log request texts (off: never logged)")

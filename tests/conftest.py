@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from bench.harness import ServerProcess, free_port  # noqa: F401  (free_port: for the bench tests)
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_MODEL = REPO / "models" / "smollm2-135m"
@@ -57,54 +57,19 @@ def run_module(module: str, *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(ServerProcess):
+    """The service under test, its output kept in `log_path` (shown when it fails to start)."""
 
-
-class Server:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
-        self.log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 420) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"service not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+        super().__init__(["-m", "service"], env, log_path)
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, base_model) -> Server:
     """The real service (vLLM CPU engine + committed default artifacts), one per test session."""
-    server = Server({"SECCLF_BATCH_MAX_WAIT_MS": "20"}, tmp_path_factory.mktemp("svc") / "service.log")
+    server = Server({}, tmp_path_factory.mktemp("svc") / "service.log")
     try:
-        server.wait_ready()
+        server.wait_ready(420)
         yield server
     finally:
         server.stop()

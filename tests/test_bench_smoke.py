@@ -28,11 +28,18 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
     [result_file] = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
     assert result["service"]["cvss"]["c16"]["errors"] == 0 and result["service"]["attack"]["c32"]["errors"] == 0
-    assert result["engine"]["c16"]["items_per_s"] > 0 and result["attack_baselines"]["naive"]["items_per_s"] > 0
-    methods = result["cvss_methods"]
-    assert methods["ours_accuracy"]["n"] == 4 and methods["ours_accuracy"]["mean_per_metric"] > 0.5  # majority: 0.67
-    assert methods["seed_8_prompts_c16"]["errors"] == 0 and methods["seed_8_prompts_c16"]["items_per_s"] > 0
-    assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 100
+    # every baseline answered every request (a broken request format would count as errors)
+    for side, key in (("microbatcher_service", "c32"), ("vllm_classify", "c32"), ("vllm_completions", "c16")):
+        assert result[side][key]["errors"] == 0 and result[side][key]["n"] > 0, side
+    assert result["attack_offline_torch"]["batch_size"] in (4, 8, 16, 32)
+    assert set(result["ratios"]) == {
+        "attack_c32_vs_microbatcher_service",
+        "attack_p50_c1_microbatcher_over_ours",
+        "attack_c32_vs_offline_torch_batch",
+        "attack_c32_vs_vllm_classify",
+        "cvss_c16_vs_vllm_completions",
+    }
+    assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 300  # two engines: two model copies
     assert result_file.with_suffix(".md").read_text().count("|") > 20
     assert result_file.with_suffix(".png").stat().st_size > 1000
 

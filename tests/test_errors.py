@@ -11,7 +11,7 @@ def test_engine_failure_text_stays_in_the_log(monkeypatch, caplog):
     monkeypatch.setenv("SECCLF_CVSS_ARTIFACT", "")
     monkeypatch.setenv("SECCLF_ATTACK_ARTIFACT", "")
     from service.app import create_app
-    from service.models.cvss import EngineUnavailable
+    from service.exceptions import EngineUnavailable
     from service.settings import Settings
 
     app = create_app(Settings())

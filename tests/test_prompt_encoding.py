@@ -32,3 +32,22 @@ def test_cvss_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_mod
 
     long_ids, long_truncated = model.preprocess(TEXT * 40)
     assert long_truncated and len(long_ids) < len(tok.encode(TEXT * 40, add_special_tokens=False))
+
+
+def test_attack_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_model):
+    """The pooling runner pools the last prompt token: the ids must be the unpadded training encoding."""
+    from service.models.attack import AttackModel
+    from service.settings import Settings
+    from tests.conftest import DEFAULT_ATTACK
+    from training.modeling import load_tokenizer
+    from training.predict import encode_attack
+
+    tok = load_tokenizer(str(base_model))
+    tok.add_bos_token = True
+    model = AttackModel(DEFAULT_ATTACK, Settings())
+    model.tokenizer = tok
+    ids, truncated = model.preprocess(TEXT)
+    enc, cut = encode_attack(tok, model.manifest, [TEXT, TEXT * 3])  # padded batch, as training runs it
+    n = int(enc["attention_mask"][0].sum())
+    assert not truncated and not cut[0] and tok.bos_token_id not in ids
+    assert enc["input_ids"][0, :n].tolist() == ids

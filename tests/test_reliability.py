@@ -38,7 +38,7 @@ def guarded(tmp_path_factory, base_model):
         SECCLF_API_KEYS="key-old, key-new",
         SECCLF_MAX_TEXT_CHARS="500",
         SECCLF_MAX_BODY_BYTES="20000",
-        SECCLF_BATCH_QUEUE_SIZE="8",
+        SECCLF_MAX_INFLIGHT_ATTACK="8",
     )
     yield s
     s.stop()
@@ -85,8 +85,8 @@ def test_configured_limits_and_request_id(guarded):
 
 
 def test_backpressure_rejects_at_once_and_loses_nothing(guarded):
-    r = _post(guarded, {"texts": [TEXT] * 16})  # more than the whole queue: could never fit, so not "retry"
-    assert r.status_code == 422 and "queue of 8" in r.json()["detail"] and "retry-after" not in r.headers
+    r = _post(guarded, {"texts": [TEXT] * 16})  # more than the in-flight limit: could never fit, so not "retry"
+    assert r.status_code == 422 and "limit of 8" in r.json()["detail"] and "retry-after" not in r.headers
     box: dict[int, tuple[httpx.Response, float]] = {}
 
     def one(i: int) -> None:
@@ -122,14 +122,15 @@ def test_deadline_gives_504(tmp_path_factory, base_model):
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path_factory, base_model):
-    s = _server(tmp_path_factory, "drain", SECCLF_CVSS_ARTIFACT="", SECCLF_BATCH_MAX_SIZE="2")
+    s = _server(tmp_path_factory, "drain", SECCLF_CVSS_ARTIFACT="")
     box = {}
-    worker = threading.Thread(target=lambda: box.setdefault("r", _post(s, {"texts": [TEXT] * 64}, key=None)))
+    texts = [f"{TEXT} ({i})" for i in range(256)]  # several seconds of work on 2 cores
+    worker = threading.Thread(target=lambda: box.setdefault("r", _post(s, {"texts": texts}, key=None)))
     worker.start()
-    time.sleep(0.5)
+    time.sleep(1.0)
     s.proc.send_signal(signal.SIGTERM)
     worker.join(120)
-    assert box["r"].status_code == 200 and len(box["r"].json()["results"]) == 64
+    assert box["r"].status_code == 200 and len(box["r"].json()["results"]) == 256
     assert s.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
 
 

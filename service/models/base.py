@@ -1,0 +1,131 @@
+"""The one base class of the vLLM-served models: load / healthy / close / info, then per text
+preprocess -> predict -> postprocess with stage timing, behind a bounded count of texts in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
+from service.metrics import ITEMS, STAGE_LATENCY, TRUNCATED
+from service.schemas import ModelInfo
+from service.settings import Settings
+from training.manifest import ArtifactError, Manifest, load_manifest
+from training.modeling import base_for, load_tokenizer
+from training.predict import encode_prompt
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+class VllmModel(ABC, Generic[R]):
+    task: ClassVar[str]  # "cvss" | "attack": the manifest task this class serves
+
+    def __init__(self, artifact: Path, settings: Settings) -> None:
+        self.settings = settings
+        self.artifact = Path(artifact).resolve()
+        self.manifest: Manifest = load_manifest(self.artifact)  # verifies every hash
+        if self.manifest.task != self.task:
+            raise ArtifactError(f"{artifact}: task {self.manifest.task!r}, expected {self.task!r}")
+        self.base = base_for(self.manifest, settings.base_model)
+        self.engine = None
+        self.tokenizer = None
+        self.inflight = 0  # texts accepted and not yet answered
+
+    # -- subclasses ------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def max_inflight(self) -> int: ...
+
+    @abstractmethod
+    async def start_engine(self) -> Any:
+        """Build (fold) what the engine serves and start it; returns the AsyncLLM."""
+
+    @abstractmethod
+    async def predict(self, prompt_ids: list[int], **opts: Any) -> Any:
+        """One text through the engine; returns the engine's final output."""
+
+    @abstractmethod
+    def postprocess(self, output: Any, truncated: bool, **opts: Any) -> R: ...
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def load(self) -> None:
+        self.tokenizer = load_tokenizer(self.base)
+        self.engine = await self.start_engine()
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.engine is not None and not self.engine.errored
+
+    def info(self, adapter: str | None = None) -> ModelInfo:
+        m = self.manifest
+        return ModelInfo(name=m.name, version=m.version, task=self.task, base_model=self.base, adapter=adapter)
+
+    # -- per text ----------------------------------------------------------------------------------
+    def preprocess(self, text: str) -> tuple[list[int], bool]:
+        """Token ids made exactly as training made them: same truncation, template and encoding, and no
+        special tokens (a Llama-3 tokenizer would otherwise add a BOS that training never saw)."""
+        return encode_prompt(self.tokenizer, self.manifest, text)
+
+    def validate(self, **opts: Any) -> None:
+        """Reject options that can never succeed before any text is admitted (subclasses override)."""
+
+    async def final_output(self, stream: Callable[[], AsyncIterator[Any]]) -> Any:
+        """The last item of the engine stream `stream()` opens; engine-side failures become EngineUnavailable."""
+        if not self.healthy:
+            raise EngineUnavailable(f"the {self.task} engine is not running")
+        final = None
+        try:
+            async for out in stream():
+                final = out
+        except asyncio.CancelledError:  # deadline or client gone: vLLM aborts the request
+            raise
+        except Exception as e:
+            raise EngineUnavailable(f"{self.task} engine request failed: {type(e).__name__}: {e}") from e
+        if final is None:
+            raise EngineUnavailable(f"the {self.task} engine returned no output")
+        return final
+
+    @staticmethod
+    def request_id() -> str:
+        return uuid.uuid4().hex
+
+    async def classify(self, text: str, **opts: Any) -> R:
+        t0 = time.perf_counter()
+        ids, truncated = self.preprocess(text)
+        t1 = time.perf_counter()
+        out = await self.predict(ids, **opts)
+        t2 = time.perf_counter()
+        result = self.postprocess(out, truncated, **opts)
+        t3 = time.perf_counter()
+        for stage, seconds in (("preprocess", t1 - t0), ("predict", t2 - t1), ("postprocess", t3 - t2)):
+            STAGE_LATENCY.labels(self.task, stage).observe(seconds)
+        ITEMS.labels(self.task).inc()
+        if truncated:
+            TRUNCATED.labels(self.task).inc()
+        return result
+
+    async def classify_many(self, texts: Sequence[str], **opts: Any) -> list[R]:
+        """All texts are admitted or none (a request is never half-accepted); the engine batches them."""
+        self.validate(**opts)
+        n = len(texts)
+        if n > self.max_inflight:  # could never be accepted: retrying would not help
+            raise InvalidInput(f"{n} texts exceed this server's in-flight limit of {self.max_inflight}")
+        if self.inflight + n > self.max_inflight:  # answer at once rather than queue without bound
+            raise Overloaded(f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})")
+        self.inflight += n
+        try:
+            return list(await asyncio.gather(*(self.classify(t, **opts) for t in texts)))
+        finally:
+            self.inflight -= n

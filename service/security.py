@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import HTTPException, Request
+from fastapi import Request
+
+from service.exceptions import Unauthorized
 
 
 def require_api_key(request: Request) -> None:
@@ -19,7 +21,7 @@ def require_api_key(request: Request) -> None:
     for key in keys:
         ok |= hmac.compare_digest(given, key.encode())
     if not ok:
-        raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("missing or invalid API key")
 
 
 def require_api_key_for_ops(request: Request) -> None:

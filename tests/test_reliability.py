@@ -1,5 +1,5 @@
-"""Auth, limits, backpressure, deadlines, drain on SIGTERM, engine failure, and fuzzing: the service keeps
-answering, loses nothing and lets no one in without the key."""
+"""With the real engines: drain on SIGTERM, the in-flight bound under concurrent requests, engine death, and
+fuzzing. Auth, limits, backpressure and the deadline are tested without an engine in tests/test_api.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, Server
+from tests.conftest import DEFAULT_CVSS, Server
 
 pytestmark = pytest.mark.slow
 TEXT = "The actor used Mimikatz to dump credentials from LSASS."
@@ -27,98 +27,9 @@ def _server(tmp_path_factory, name: str, **env: str) -> Server:
     return s
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory, base_model):
-    """ATT&CK only (fast to start), two API keys, tight limits and a tiny queue."""
-    s = _server(
-        tmp_path_factory,
-        "guarded",
-        SECCLF_CVSS_ARTIFACT="",
-        SECCLF_ATTACK_ARTIFACT=str(DEFAULT_ATTACK),
-        SECCLF_API_KEYS="key-old, key-new",
-        SECCLF_MAX_TEXT_CHARS="500",
-        SECCLF_MAX_BODY_BYTES="20000",
-        SECCLF_MAX_INFLIGHT_ATTACK="8",
-    )
-    yield s
-    s.stop()
-
-
-def _post(server, body, key="key-new", path="/classify/attack"):
+def _post(server, body, key=None, path="/classify/attack"):
     headers = {"authorization": f"Bearer {key}"} if key else {}
     return httpx.post(server.url + path, json=body, headers=headers, timeout=120)
-
-
-def test_auth(guarded):
-    assert _post(guarded, {"text": TEXT}, key=None).status_code == 401
-    assert _post(guarded, {"text": TEXT}, key="key-ne").status_code == 401
-    r = httpx.post(guarded.url + "/classify/attack", json={"text": TEXT}, headers={"authorization": "Basic key-new"})
-    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    assert _post(guarded, {"text": TEXT}, key="key-old").status_code == 200  # rotation: both keys work
-    assert _post(guarded, {"text": TEXT}, key="key-new").status_code == 200
-    assert httpx.get(guarded.url + "/v1/models").status_code == 401
-    r = httpx.get(guarded.url + "/v1/models", headers={"authorization": "Bearer key-old"})
-    assert r.status_code == 200 and r.json()["auth_enabled"] is True
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert httpx.get(guarded.url + path).status_code == 200
-    assert "auth enabled: 2 API key(s)" in guarded.log_path.read_text()
-
-
-def test_configured_limits_and_request_id(guarded):
-    r = _post(guarded, {"text": "a" * 501})
-    assert r.status_code == 422 and "limit is 500" in r.json()["detail"]
-    r = httpx.post(
-        guarded.url + "/classify/attack",
-        content=b'{"text": "' + b"a" * 30000 + b'"}',
-        headers={"authorization": "Bearer key-new", "content-type": "application/json"},
-    )
-    assert r.status_code == 413
-    r = httpx.post(
-        guarded.url + "/classify/attack",
-        json={"text": TEXT},
-        headers={"authorization": "Bearer key-new", "x-request-id": "trace-42"},
-    )
-    assert r.headers["x-request-id"] == "trace-42"
-    assert len(_post(guarded, {"text": TEXT}).headers["x-request-id"]) == 32
-    log = guarded.log_path.read_text()
-    assert '"request_id": "trace-42"' in log and "Mimikatz" not in log  # no request text in logs
-
-
-def test_backpressure_rejects_at_once_and_loses_nothing(guarded):
-    r = _post(guarded, {"texts": [TEXT] * 16})  # more than the in-flight limit: could never fit, so not "retry"
-    assert r.status_code == 422 and "limit of 8" in r.json()["detail"] and "retry-after" not in r.headers
-    box: dict[int, tuple[httpx.Response, float]] = {}
-
-    def one(i: int) -> None:
-        t = time.perf_counter()
-        box[i] = (_post(guarded, {"texts": [f"{TEXT} ({i})"] * 8}), time.perf_counter() - t)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    refused = [(r, dt) for r, dt in box.values() if r.status_code == 503]
-    served = [r for r, _ in box.values() if r.status_code == 200]
-    assert refused and served and len(refused) + len(served) == 4
-    assert all(r.headers["retry-after"] == "1" and dt < 5 for r, dt in refused)  # at once, not after queueing
-    assert all(len(r.json()["results"]) == 8 for r in served)  # accepted whole: nothing half-run or lost
-    r = _post(guarded, {"texts": [TEXT] * 8})
-    assert r.status_code == 200 and len(r.json()["results"]) == 8
-    assert httpx.get(guarded.url + "/readyz").status_code == 200
-
-
-def test_deadline_gives_504(tmp_path_factory, base_model):
-    s = _server(
-        tmp_path_factory, "deadline", SECCLF_CVSS_ARTIFACT="", SECCLF_REQUEST_TIMEOUT_S="0.001", SECCLF_LOG_TEXT="true"
-    )
-    try:
-        r = _post(s, {"texts": [TEXT] * 32}, key=None)
-        assert r.status_code == 504 and "deadline" in r.json()["detail"]
-        assert httpx.get(s.url + "/readyz").status_code == 200
-        assert "Mimikatz" in s.log_path.read_text()  # SECCLF_LOG_TEXT=true logs texts (off by default)
-    finally:
-        s.stop()
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path_factory, base_model):

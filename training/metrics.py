@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from cvss import CVSS3
 from scipy.special import softmax
 
 from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, nll
-
-
-def score_vector(vector: str) -> tuple[float, str]:
-    """(base score, severity) from the `cvss` library."""
-    c = CVSS3(vector)
-    return float(c.scores()[0]), c.severities()[0]
+from training.scoring import score_vector
 
 
 def cvss_metrics(

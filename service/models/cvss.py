@@ -19,8 +19,8 @@ from service.schemas import CvssMetricResult, CvssResult
 from service.settings import Settings
 from training.folding import folded_model_dir, reading
 from training.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
-from training.metrics import score_vector
 from training.predict import cvss_value_token_ids, sharpen
+from training.scoring import score_vector
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"

@@ -1,0 +1,187 @@
+"""The fast tier: HTTP behaviour with fake models (tests/fakes.py) in FastAPI's TestClient, no engine.
+
+Routing, limits, auth, error mapping, metrics, backpressure and the deadline. What only the real engines
+can show (drift, concurrency equivalence, engine death, drain) stays in the slow tier."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
+from tests.fakes import FAKES
+
+TEXT = "The actor used Mimikatz to dump credentials from LSASS."
+CVE = "A heap overflow in the parser allows remote attackers to execute code."
+
+
+def _client(**settings) -> TestClient:
+    base = {"cvss_artifact": DEFAULT_CVSS, "attack_artifact": DEFAULT_ATTACK, "warmup": True}
+    return TestClient(create_app(Settings(**{**base, **settings}), model_classes=FAKES))
+
+
+@pytest.fixture(scope="module")
+def client(base_model):
+    with _client() as c:
+        yield c
+
+
+def test_routes_answer_their_contract(client):
+    r = client.post("/classify/attack", json={"text": TEXT, "top_k": 7})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    probs = [p["probability"] for p in preds]
+    assert len(preds) == 7 and probs == sorted(probs, reverse=True)
+    r = client.post("/classify/cvss", json={"descriptions": [CVE, CVE + " Again."]})
+    assert r.status_code == 200, r.text
+    first = r.json()["results"][0]
+    assert first["vector"].startswith("CVSS:3.1/AV:") and set(first["metrics"]) == {
+        "AV",
+        "AC",
+        "PR",
+        "UI",
+        "S",
+        "C",
+        "I",
+        "A",
+    }
+    for metric in first["metrics"].values():
+        assert abs(sum(metric["probabilities"].values()) - 1) < 1e-6
+        assert metric["value"] == max(metric["probabilities"], key=metric["probabilities"].get)
+    assert client.get("/readyz").json() == {"ready": True, "unhealthy": [], "problems": []}
+    assert {m["task"] for m in client.get("/v1/models").json()["models"]} == {"cvss", "attack"}
+
+
+def test_disabled_route_is_404_and_unknown_adapter_422(base_model):
+    with _client(cvss_artifact="") as c:
+        r = c.post("/classify/cvss", json={"description": CVE})
+        assert r.status_code == 404 and "not enabled" in r.json()["detail"]
+        assert c.post("/classify/attack", json={"text": TEXT}).status_code == 200
+    with _client(attack_artifact="") as c:
+        r = c.post("/classify/cvss", json={"description": CVE, "adapter": "nope"})
+        assert r.status_code == 422 and "'nope'" in r.json()["detail"] and "default" in r.json()["detail"]
+
+
+def test_auth_with_key_rotation_and_protected_ops(base_model):
+    with _client(api_keys="key-old, key-new", protect_ops_endpoints=True) as c:
+        assert c.post("/classify/attack", json={"text": TEXT}).status_code == 401
+        r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": "Basic key-new"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert (
+            c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": "Bearer key-ne"}).status_code
+            == 401
+        )
+        for key in ("key-old", "key-new"):  # rotation: both work
+            r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+        assert c.get("/metrics").status_code == 401 and c.get("/readyz").status_code == 401
+        r = c.get("/v1/models", headers={"authorization": "Bearer key-old"})
+        assert r.status_code == 200 and r.json()["auth_enabled"] is True
+
+
+def test_configured_limits_request_id_and_no_text_in_logs(base_model, caplog):
+    with _client(max_text_chars=500, max_body_bytes=20_000) as c, caplog.at_level(logging.INFO):
+        r = c.post("/classify/attack", json={"text": "a" * 501})
+        assert r.status_code == 422 and "limit is 500" in r.json()["detail"]
+        r = c.post(
+            "/classify/attack",
+            content=b'{"text": "' + b"a" * 30_000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413
+        r = c.post("/classify/attack", json={"texts": ["x"] * 65})
+        assert r.status_code == 422
+        r = c.post("/classify/attack", json={"text": TEXT}, headers={"x-request-id": "trace-42"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+        assert len(c.post("/classify/attack", json={"text": TEXT}).headers["x-request-id"]) == 32
+    assert "Mimikatz" not in caplog.text  # request texts are not logged by default
+    with _client(log_text=True, cvss_artifact="") as c, caplog.at_level(logging.INFO):
+        c.post("/classify/attack", json={"text": TEXT})
+    assert any(TEXT in str(getattr(rec, "texts", "")) for rec in caplog.records)
+
+
+def test_engine_failure_is_a_generic_503_with_the_request_id(client, caplog):
+    model = client.app.state.models.attack
+    model.fail = "CUDA error at /secret/path.cu:42"
+    try:
+        with caplog.at_level(logging.ERROR):
+            r = client.post("/classify/attack", json={"text": TEXT}, headers={"x-request-id": "trace-7"})
+    finally:
+        model.fail = None
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["request_id"] == "trace-7" and "secret" not in r.text and "CUDA" not in r.text
+    assert any("secret/path.cu" in rec.getMessage() for rec in caplog.records)  # the operator sees it
+    assert client.post("/classify/attack", json={"text": TEXT}).status_code == 200
+
+
+def test_unhealthy_engine_turns_readyz_and_requests_to_503(client):
+    engine = client.app.state.models.cvss.engine
+    engine.errored = True
+    try:
+        assert client.get("/readyz").status_code == 503
+        r = client.post("/classify/cvss", json={"description": CVE})
+        assert r.status_code == 503 and "not ready" in r.json()["detail"] and r.headers["retry-after"] == "1"
+        assert client.post("/classify/attack", json={"text": TEXT}).status_code == 200  # the other route lives
+    finally:
+        engine.errored = False
+    assert client.get("/readyz").status_code == 200
+
+
+def test_backpressure_rejects_at_once_and_loses_nothing(base_model):
+    with _client(max_inflight_attack=8, cvss_artifact="") as c:
+        model = c.app.state.models.attack
+        r = c.post("/classify/attack", json={"texts": [TEXT] * 16})  # could never fit: 422, not "retry"
+        assert r.status_code == 422 and "limit of 8" in r.json()["detail"] and "retry-after" not in r.headers
+        model.delay_s = 0.5
+
+        def one(i: int):
+            t = time.perf_counter()
+            return c.post("/classify/attack", json={"texts": [f"{TEXT} ({i})"] * 8}), time.perf_counter() - t
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(one, range(4)))
+        model.delay_s = 0.0
+        refused = [(r, dt) for r, dt in answers if r.status_code == 503]
+        served = [r for r, _ in answers if r.status_code == 200]
+        assert refused and served and len(refused) + len(served) == 4
+        assert all(r.headers["retry-after"] == "1" and dt < 0.4 for r, dt in refused)  # at once, not queued
+        assert all(len(r.json()["results"]) == 8 for r in served)  # accepted whole: nothing half-run
+        assert model.inflight == 0
+        assert c.post("/classify/attack", json={"texts": [TEXT] * 8}).status_code == 200  # capacity came back
+
+
+def test_deadline_gives_504_and_releases_capacity(base_model):
+    with _client(request_timeout_s=0.2, attack_artifact="", warmup=False) as c:
+        model = c.app.state.models.cvss
+        model.delay_s = 5.0
+        t = time.perf_counter()
+        r = c.post("/classify/cvss", json={"descriptions": [CVE] * 4})
+        assert r.status_code == 504 and "deadline" in r.json()["detail"] and time.perf_counter() - t < 3
+        assert model.inflight == 0  # the cancelled texts no longer count
+        model.delay_s = 0.0
+        assert c.post("/classify/cvss", json={"description": CVE}).status_code == 200
+
+
+def test_metrics_after_traffic(client):
+    client.post("/classify/cvss", json={"description": CVE})
+    client.post("/classify/attack", json={"text": TEXT})
+    client.post("/classify/attack", json={"text": ""})
+    client.post("/classify/nope", json={"text": TEXT})
+    text = client.get("/metrics").text
+    for series in (
+        'secclf_request_duration_seconds_bucket{le="0.005",method="POST",route="/classify/cvss",status="200"}',
+        'secclf_requests_total{method="POST",route="/classify/attack",status="422"}',
+        'secclf_stage_duration_seconds_count{model="attack",stage="predict"}',
+        'secclf_stage_duration_seconds_count{model="cvss",stage="postprocess"}',
+        'secclf_errors_total{kind="validation",route="/classify/attack"}',
+        'secclf_items_total{model="cvss"}',
+        'secclf_requests_in_flight{route="other"}',
+    ):
+        assert series in text, series
+    assert "/classify/nope" not in text  # unknown paths share one label value

@@ -1,0 +1,22 @@
+"""Serving never loads training-only code: importing the app in a fresh interpreter pulls in none of the
+training stack (the serving image need not install it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+TRAINING_ONLY = ("sklearn", "matplotlib", "scipy", "typer", "gguf", "transformers.trainer")
+
+
+def test_service_app_imports_no_training_stack():
+    code = "import json, sys; import service.app, service.__main__; print(json.dumps(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "service.app" in loaded and "training.manifest" in loaded  # the contract is shared, on purpose
+    bad = sorted(m for m in loaded if any(m == b or m.startswith(b + ".") for b in TRAINING_ONLY))
+    assert not bad, f"serving imports training-only modules: {bad}"

@@ -28,8 +28,8 @@ def attack_offline_torch(texts: list[str], artifact: Path, repeats: int) -> dict
     """The hardware limit with transformers: length-sorted batches (least padding) at the best size."""
     import torch
 
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_attack_classifier, load_tokenizer
+    from training.artifact.loading import base_for, load_attack_classifier, load_tokenizer
+    from training.artifact.manifest import load_manifest
     from training.predict import attack_logits
 
     manifest = load_manifest(artifact)

@@ -18,7 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from training.manifest import load_split
+from training.artifact.manifest import load_split
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,10 +62,10 @@ def run_one(cfg: dict, n: int, repeats: int, data: Path) -> dict:
     from vllm.lora.request import LoRARequest
     from vllm.sampling_params import StructuredOutputsParams
 
+    from training.artifact.encoding import render
+    from training.artifact.loading import base_for, load_tokenizer
+    from training.artifact.manifest import load_manifest
     from training.data import load_cvss
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_tokenizer
-    from training.predict import render
 
     artifact = REPO / "artifacts" / "cvss-default"
     manifest = load_manifest(artifact)

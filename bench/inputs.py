@@ -13,9 +13,9 @@ ATTACK_ART = REPO / "artifacts" / "attack-default"
 def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
     """The first `n` validation CVEs (examples: description + true vector) and CTI-HAL texts: of held-out
     groups where the artifact has any, else of every group (the ATT&CK side times speed, not accuracy)."""
+    from training.artifact.manifest import load_split
     from training.catalogue import catalogue
     from training.data import load_cti_hal, load_cvss
-    from training.manifest import load_split
 
     val = set(load_split(CVSS_ART).validation_ids)
     cves = [e for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]) if e.cve_id in val]

@@ -72,9 +72,9 @@ async def microbatcher_runs(svc: ServerProcess, texts: list[str], repeats: int) 
 
 def _prompts(artifact: Path, texts: list[str]):
     """Token ids as the service sends them, and the manifest (for the CVSS request's grammar)."""
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_tokenizer
-    from training.predict import encode_prompt
+    from training.artifact.encoding import encode_prompt
+    from training.artifact.loading import base_for, load_tokenizer
+    from training.artifact.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     tok = load_tokenizer(base_for(manifest))
@@ -94,7 +94,7 @@ async def vllm_classify_runs(svc: ServerProcess, model: str, ids: list[list[int]
 
 
 async def vllm_completion_runs(svc: ServerProcess, model: str, ids, manifest, tok, repeats: int) -> dict:
-    from training.predict import cvss_value_token_ids
+    from training.artifact.encoding import cvss_value_token_ids
 
     labels = manifest.labels
     body = {
@@ -154,9 +154,9 @@ def main() -> None:
         "repeats": args.repeats,
     }
     from service.settings import Settings
-    from training.folding import folded_model_dir
-    from training.manifest import load_manifest
-    from training.modeling import base_for
+    from training.artifact.folding import folded_model_dir
+    from training.artifact.loading import base_for
+    from training.artifact.manifest import load_manifest
 
     s = Settings()
     svc = ServerProcess.service(port=args.port)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.load import run_concurrent
-from training.manifest import load_split
+from training.artifact.manifest import load_split
 
 REPO = Path(__file__).resolve().parent.parent
 CVSS_ART = REPO / "artifacts" / "cvss-default"
@@ -85,11 +85,11 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from training.artifact.loading import base_for, load_tokenizer
+    from training.artifact.manifest import load_manifest
+    from training.artifact.prompting import truncate
     from training.artifacts import save_adapter_16bit
     from training.data import load_cvss
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_tokenizer
-    from training.prompting import truncate
     from training.trainer import TrainConfig, lora_config
     from training.trainer import train as run_trainer
 
@@ -159,7 +159,7 @@ def compare(examples: list, repeats: int) -> dict:
 
     from service.models.cvss import CvssModel
     from service.settings import Settings
-    from training.prompting import truncate
+    from training.artifact.prompting import truncate
 
     async def go():
         model = CvssModel(CVSS_ART, Settings(cvss_merge_adapter="never"))

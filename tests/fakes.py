@@ -13,8 +13,8 @@ import torch
 from service.exceptions import EngineUnavailable
 from service.models.attack import AttackModel
 from service.models.cvss import CvssModel
-from training.modeling import load_tokenizer
-from training.predict import cvss_value_token_ids
+from training.artifact.encoding import cvss_value_token_ids
+from training.artifact.loading import load_tokenizer
 
 
 class FakeEngine:

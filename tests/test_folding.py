@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
-from training.folding import STAMP, folded_model_dir
-from training.manifest import load_manifest
+from training.artifact.folding import STAMP, folded_model_dir
+from training.artifact.manifest import load_manifest
 
 
 @torch.inference_mode()
@@ -16,7 +16,7 @@ def test_merged_model_matches_lora_and_is_cached(tmp_path, base_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.modeling import load_tokenizer
+    from training.artifact.loading import load_tokenizer
 
     manifest = load_manifest(DEFAULT_CVSS)
     merged = folded_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
@@ -69,7 +69,7 @@ def test_folded_classifier_is_base_lora_and_head_over_temperature(tmp_path, base
     artifact as training loads it; the temperature is part of the cache key."""
     from transformers import AutoModelForSequenceClassification
 
-    from training.modeling import load_attack_classifier, load_tokenizer
+    from training.artifact.loading import load_attack_classifier, load_tokenizer
     from training.predict import attack_logits
 
     manifest = load_manifest(DEFAULT_ATTACK)
@@ -100,7 +100,7 @@ def test_builders_wait_while_an_engine_reads_the_cache(tmp_path):
 
     import pytest
 
-    from training.folding import reading
+    from training.artifact.folding import reading
 
     # a builder's exclusive lock cannot be taken while an engine reads
     with reading(tmp_path), (tmp_path / ".lock").open("a") as other, pytest.raises(BlockingIOError):

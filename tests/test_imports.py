@@ -17,6 +17,8 @@ def test_service_app_imports_no_training_stack():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
-    assert "service.app" in loaded and "training.manifest" in loaded  # the contract is shared, on purpose
+    assert "service.app" in loaded and "training.artifact.manifest" in loaded  # the contract is shared
+    training = sorted(m for m in loaded if m.startswith("training.") and not m.startswith("training.artifact"))
+    assert not training, f"serving imports training modules outside the contract subpackage: {training}"
     bad = sorted(m for m in loaded if any(m == b or m.startswith(b + ".") for b in TRAINING_ONLY))
     assert not bad, f"serving imports training-only modules: {bad}"

@@ -30,7 +30,7 @@ def _lora(model, n_layers: int):
 
 @pytest.fixture(scope="module")
 def tokenizer(base_model):
-    from training.modeling import load_tokenizer
+    from training.artifact.loading import load_tokenizer
 
     return load_tokenizer(str(base_model))
 
@@ -55,7 +55,7 @@ def test_cached_top_layers_match_full_causal_lm(base_model, tokenizer):
 
 
 def test_cached_top_layers_match_full_classifier(base_model, tokenizer):
-    from training.modeling import new_sequence_classifier
+    from training.artifact.loading import new_sequence_classifier
 
     model = new_sequence_classifier(str(base_model), 7, tokenizer.pad_token_id, torch.float32)
     model = _lora(model, 3)

@@ -8,8 +8,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from training.artifact.manifest import (
+    ArtifactError,
+    BaseModelRef,
+    Manifest,
+    TrainingData,
+    load_manifest,
+    write_artifact,
+)
 from training.cvss import cvss_labels
-from training.manifest import ArtifactError, BaseModelRef, Manifest, TrainingData, load_manifest, write_artifact
 
 
 def _manifest() -> Manifest:

@@ -12,8 +12,8 @@ TEXT = "A SQL injection in the login form of Acme Portal allows remote attackers
 def test_cvss_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_model):
     from service.models.cvss import CvssModel
     from service.settings import Settings
+    from training.artifact.loading import load_tokenizer
     from training.cvss import _rows
-    from training.modeling import load_tokenizer
 
     tok = load_tokenizer(str(base_model))
     tok.add_bos_token = True
@@ -39,7 +39,7 @@ def test_attack_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_m
     from service.models.attack import AttackModel
     from service.settings import Settings
     from tests.conftest import DEFAULT_ATTACK
-    from training.modeling import load_tokenizer
+    from training.artifact.loading import load_tokenizer
     from training.predict import encode_attack
 
     tok = load_tokenizer(str(base_model))

@@ -60,9 +60,9 @@ def test_cvss_single_and_batch(client):
 
 
 def test_cvss_long_input_is_truncated_as_in_training_and_says_so(client):
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_tokenizer
-    from training.prompting import truncate
+    from training.artifact.loading import base_for, load_tokenizer
+    from training.artifact.manifest import load_manifest
+    from training.artifact.prompting import truncate
 
     long_text = "A heap overflow in the image parser allows remote attackers to execute code. " * 60
     r = client.post("/classify/cvss", json={"description": long_text})
@@ -298,11 +298,11 @@ def test_no_drift_attack(client, cti_hal):
     import torch
     from scipy.special import softmax
 
+    from training.artifact.loading import base_for, load_attack_classifier, load_tokenizer
+    from training.artifact.manifest import load_manifest
     from training.attack import evaluate_attack_model
     from training.catalogue import catalogue
     from training.data import load_cti_hal
-    from training.manifest import load_manifest
-    from training.modeling import base_for, load_attack_classifier, load_tokenizer
 
     manifest = load_manifest(DEFAULT_ATTACK)
     known = {t.id for t in manifest.labels.techniques}

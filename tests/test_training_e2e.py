@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
-from training.manifest import load_manifest
+from training.artifact.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +145,7 @@ def test_evaluate_rejects_a_tampered_artifact(tmp_path, cti_vsp):
 def test_committed_defaults_verify(artifact, base_model):
     m = load_manifest(artifact)  # every hash
     assert m.base_model.name_or_path == "models/smollm2-135m"
-    from training.base_model import weights_hash
+    from training.artifact.base_model import weights_hash
 
     assert weights_hash(str(base_model)) == m.base_model.weights_sha256  # the set-up step rebuilt the same base
     size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file() and "report" not in p.parts)

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.base_model import resolve_base_model, weights_hash
-from training.manifest import BaseModelRef, Manifest, TrainingData, library_versions, now_iso
-
-ADAPTER_FILE = "adapter_model.safetensors"
+from training.artifact.base_model import resolve_base_model, weights_hash
+from training.artifact.layout import ADAPTER_FILE
+from training.artifact.manifest import BaseModelRef, Manifest, TrainingData, library_versions, now_iso
 
 
 def base_ref(base: str) -> BaseModelRef:

@@ -21,17 +21,19 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
+from training.artifact.base_model import resolve_base_model
+from training.artifact.encoding import encode_prompt
+from training.artifact.layout import HEAD_FILE
+from training.artifact.loading import load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
+from training.artifact.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
+from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.attack_cv import per_group_metrics, pooled_temperature, summarize
-from training.base_model import resolve_base_model
 from training.baseline import attack_baseline_logits
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.data import AttackExample, load_cti_hal
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
-from training.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
-from training.modeling import HEAD_FILE, load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
-from training.predict import attack_logits, encode_prompt
-from training.prompting import ATTACK_TEMPLATE
+from training.predict import attack_logits
 from training.split import group_k_folds, split_attack
 from training.trainer import (
     AttackTrainer,

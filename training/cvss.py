@@ -14,13 +14,10 @@ from pathlib import Path
 
 import cvss.constants3 as cvss_constants
 
-from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
-from training.base_model import resolve_base_model
-from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
-from training.data import CvssExample, load_cvss
-from training.data.common import BASE_METRICS
-from training.layer_cache import frozen_layer_count, frozen_prefix_states
-from training.manifest import (
+from training.artifact.base_model import resolve_base_model
+from training.artifact.encoding import cvss_value_token_ids, encode_prompt
+from training.artifact.loading import load_tokenizer, pick_device, pick_dtype
+from training.artifact.manifest import (
     CvssLabels,
     CvssMetric,
     CvssSplit,
@@ -29,10 +26,14 @@ from training.manifest import (
     write_artifact,
     write_split,
 )
+from training.artifact.prompting import CVSS_TEMPLATE
+from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
+from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
+from training.data import CvssExample, load_cvss
+from training.data.common import BASE_METRICS
+from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.metrics import cvss_metrics
-from training.modeling import load_tokenizer, pick_device, pick_dtype
-from training.predict import cvss_value_token_ids, encode_prompt, predict_cvss
-from training.prompting import CVSS_TEMPLATE
+from training.predict import predict_cvss
 from training.split import calibration_halves, split_cvss
 from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
 
@@ -90,9 +91,9 @@ def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None
     the adapter unchanged (what `train_cvss` does at its end, for artifacts trained before it did)."""
     import shutil
 
-    from training.artifacts import ADAPTER_FILE
-    from training.manifest import SPLIT_FILE, load_manifest
-    from training.modeling import base_for, load_causal_lm_with_adapter
+    from training.artifact.layout import ADAPTER_FILE, SPLIT_FILE
+    from training.artifact.loading import base_for, load_causal_lm_with_adapter
+    from training.artifact.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     split = json.loads((Path(artifact) / SPLIT_FILE).read_text())  # typed or the earlier untyped layout

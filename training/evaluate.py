@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from training.baseline import attack_baseline, cvss_baseline, cvss_majority
-from training.manifest import AttackSplit, CvssSplit, Manifest, load_manifest, load_split
-from training.modeling import (
+from training.artifact.layout import REPORT_DIR
+from training.artifact.loading import (
     base_for,
     load_attack_classifier,
     load_causal_lm_with_adapter,
@@ -19,9 +18,10 @@ from training.modeling import (
     pick_device,
     pick_dtype,
 )
+from training.artifact.manifest import AttackSplit, CvssSplit, Manifest, load_manifest, load_split
+from training.baseline import attack_baseline, cvss_baseline, cvss_majority
 
 log = logging.getLogger(__name__)
-REPORT_DIR = "report"
 
 
 def _write_json(path: Path, obj) -> None:
@@ -85,8 +85,8 @@ def evaluate_cvss(artifact: Path, data: list[Path], base_model: str | None = Non
 def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, split) -> None:
     """Calibration scored only where the temperature was not fitted: the CVEs the artifact validated on
     fitted it, so on those the temperature's effect is scored cross-fitted (by halves) instead."""
+    from training.artifact.encoding import sharpen
     from training.calibrate import cross_fitted_cvss_ece, cvss_ece
-    from training.predict import sharpen
     from training.split import calibration_halves
 
     fitted_ids = set(split.validation_ids) if isinstance(split, CvssSplit) and manifest.temperature != 1.0 else set()

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import softmax
 
+from training.artifact.scoring import score_vector
 from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, nll
-from training.scoring import score_vector
 
 
 def cvss_metrics(

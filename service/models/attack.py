@@ -14,8 +14,8 @@ from service.engine import start_engine
 from service.models.base import VllmModel
 from service.schemas import AttackResult, TechniquePrediction
 from service.settings import Settings
-from training.folding import folded_model_dir, reading
-from training.manifest import ArtifactError, AttackLabels
+from training.artifact.folding import folded_model_dir, reading
+from training.artifact.manifest import ArtifactError, AttackLabels
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
 from service.metrics import ITEMS, STAGE_LATENCY, TRUNCATED
 from service.schemas import ModelInfo
 from service.settings import Settings
-from training.manifest import ArtifactError, Manifest, load_manifest
-from training.modeling import base_for, load_tokenizer
-from training.predict import encode_prompt
+from training.artifact.encoding import encode_prompt
+from training.artifact.loading import base_for, load_tokenizer
+from training.artifact.manifest import ArtifactError, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

@@ -17,10 +17,10 @@ from service.metrics import GENERATED_TOKENS
 from service.models.base import VllmModel
 from service.schemas import CvssMetricResult, CvssResult
 from service.settings import Settings
-from training.folding import folded_model_dir, reading
-from training.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
-from training.predict import cvss_value_token_ids, sharpen
-from training.scoring import score_vector
+from training.artifact.encoding import cvss_value_token_ids, sharpen
+from training.artifact.folding import folded_model_dir, reading
+from training.artifact.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
+from training.artifact.scoring import score_vector
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"

@@ -24,19 +24,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.artifacts import ADAPTER_FILE
-from training.base_model import weights_hash
-from training.manifest import ArtifactError, AttackLabels, Manifest
+from training.artifact.base_model import weights_hash
+from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE
+from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
 log = logging.getLogger(__name__)
-STAMP = "secclf-folded.json"
+STAMP = FOLD_STAMP
 LOCK = ".lock"
 
 
 def folded_inputs(base: str, manifest: Manifest) -> dict:
     """What a folded checkpoint is built from: full hashes (and the temperature folded into a head)."""
-    from training.modeling import HEAD_FILE
-
     base_hash = weights_hash(base) or manifest.base_model.weights_sha256
     inputs = {"task": manifest.task, "base_sha256": base_hash, "adapter_sha256": manifest.files.get(ADAPTER_FILE)}
     if manifest.task == "attack":
@@ -93,10 +91,10 @@ def _fold(base: str, artifact: Path, manifest: Manifest):
     import torch
 
     if manifest.task == "cvss":
-        from training.modeling import load_causal_lm_with_adapter
+        from training.artifact.loading import load_causal_lm_with_adapter
 
         return load_causal_lm_with_adapter(artifact, base, torch.device("cpu"), torch.float32)
-    from training.modeling import load_attack_classifier, load_tokenizer
+    from training.artifact.loading import load_attack_classifier, load_tokenizer
 
     assert isinstance(manifest.labels, AttackLabels)
     model = load_attack_classifier(

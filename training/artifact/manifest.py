@@ -20,13 +20,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.artifact.layout import MANIFEST_FILE, PICKLE_SUFFIXES, REPORT_DIR, SPLIT_FILE
+
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SPLIT_FILE = "split.json"
 # Formats that can execute code on load; an artifact holding any of them is refused.
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 # Written after training (plots, evaluation output): not hashed, never loaded as weights.
-UNHASHED_DIRS = ("report",)
 
 
 class ArtifactError(RuntimeError):
@@ -192,7 +190,7 @@ def _hashed_files(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if not p.is_file() or rel.as_posix() == MANIFEST_NAME or rel.parts[0] in UNHASHED_DIRS:
+        if not p.is_file() or rel.as_posix() == MANIFEST_FILE or rel.parts[0] == REPORT_DIR:
             continue
         out[rel.as_posix()] = sha256_file(p)
     return out
@@ -208,7 +206,7 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
         write_files(staging)
         _check_no_pickles(staging)
         final = manifest.model_copy(update={"files": _hashed_files(staging)})
-        with (staging / MANIFEST_NAME).open("w") as fh:
+        with (staging / MANIFEST_FILE).open("w") as fh:
             fh.write(final.model_dump_json(indent=2))
             fh.flush()
             os.fsync(fh.fileno())
@@ -228,9 +226,9 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
 def load_manifest(artifact: Path, verify: bool = True) -> Manifest:
     """Read and (by default) verify an artifact: schema, no pickles, every listed hash."""
     artifact = Path(artifact)
-    path = artifact / MANIFEST_NAME
+    path = artifact / MANIFEST_FILE
     if not path.is_file():
-        raise ArtifactError(f"{artifact}: no {MANIFEST_NAME}; not an artifact folder")
+        raise ArtifactError(f"{artifact}: no {MANIFEST_FILE}; not an artifact folder")
     try:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
     except (ValueError, TypeError) as e:

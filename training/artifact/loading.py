@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from training.base_model import resolve_base_model, weights_hash
-from training.manifest import ArtifactError, AttackLabels, Manifest
-
-HEAD_FILE = "head.safetensors"
+from training.artifact.base_model import resolve_base_model, weights_hash
+from training.artifact.layout import HEAD_FILE
+from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
 
 def pick_device(device: str = "auto") -> torch.device:

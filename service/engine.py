@@ -10,6 +10,7 @@ from typing import Any
 
 from service.metrics import ENGINE_QUEUE_TIME, ENGINE_RUNNING, ENGINE_WAITING
 from service.settings import Settings
+from training.artifact.base_model import revision_of
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -83,6 +84,7 @@ def start_engine(model: str, metrics_name: str, s: Settings, kv_cache_gib: float
         max_num_seqs=s.max_num_seqs,
         tensor_parallel_size=s.tensor_parallel_size,
         trust_remote_code=False,
+        revision=revision_of(model),  # a hub id served directly (LoRA mode) loads at its pinned revision
         **extra,
     )
     with lock or contextlib.nullcontext():

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         default_factory=dict, description='More CVSS LoRA artifacts on the same base, JSON: {"name": "path"}'
     )
     base_model: str | None = Field(None, description="Override the manifests' base model (folder or HF id)")
+    base_model_revision: str | None = Field(
+        None, description="Hub commit or tag to load a hub-id base at (else the manifest's; local folders are hashed)"
+    )
 
     # vLLM engines: one generation engine (CVSS) and one pooling engine (ATT&CK), same settings unless named
     vllm_dtype: str = Field("auto", description="auto: bfloat16 on a GPU, float32 on a CPU (2.5x faster on AVX2)")

@@ -107,3 +107,22 @@ def test_builders_wait_while_an_engine_reads_the_cache(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with (tmp_path / ".lock").open("a") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after loading
+
+
+def test_hub_base_revision_is_pinned_and_keys_the_cache(base_model, monkeypatch):
+    """A hub-id base loads at a pinned revision, and the folded checkpoint is keyed by it; a local folder
+    needs no pin (its weights are hashed). Repo-relative base paths resolve from any working directory."""
+    from training.artifact import base_model as bm
+    from training.artifact.folding import folded_inputs
+
+    monkeypatch.setattr(bm, "_PINNED", {})
+    manifest = load_manifest(DEFAULT_CVSS)
+    unpinned = folded_inputs("fdtn-ai/Foundation-Sec-8B", manifest)
+    bm.pin_revision("fdtn-ai/Foundation-Sec-8B", "abc123")
+    bm.pin_revision(str(base_model), "ignored-for-local-folders")
+    pinned = folded_inputs("fdtn-ai/Foundation-Sec-8B", manifest)
+    assert "base_revision" not in unpinned and pinned["base_revision"] == "abc123"
+    assert bm.revision_of(str(base_model)) is None
+
+    monkeypatch.chdir("/")
+    assert bm.resolve_base_model("models/smollm2-135m") == str(base_model.resolve())

@@ -16,6 +16,7 @@ from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
 from service.metrics import ITEMS, STAGE_LATENCY, TRUNCATED
 from service.schemas import ModelInfo
 from service.settings import Settings
+from training.artifact.base_model import pin_revision
 from training.artifact.encoding import encode_prompt
 from training.artifact.loading import base_for, load_tokenizer
 from training.artifact.manifest import ArtifactError, Manifest, load_manifest
@@ -34,6 +35,10 @@ class VllmModel(ABC, Generic[R]):
         if self.manifest.task != self.task:
             raise ArtifactError(f"{artifact}: task {self.manifest.task!r}, expected {self.task!r}")
         self.base = base_for(self.manifest, settings.base_model)
+        revision = settings.base_model_revision or self.manifest.base_model.revision
+        pin_revision(self.base, revision)
+        if not Path(self.base).is_dir() and not revision:
+            log.warning("base model %s is a hub id with no pinned revision (SECCLF_BASE_MODEL_REVISION)", self.base)
         self.engine = None
         self.tokenizer = None
         self.inflight = 0  # texts accepted and not yet answered

@@ -17,6 +17,7 @@ from service.metrics import GENERATED_TOKENS
 from service.models.base import VllmModel
 from service.schemas import CvssMetricResult, CvssResult
 from service.settings import Settings
+from training.artifact.base_model import revision_of
 from training.artifact.encoding import cvss_value_token_ids, sharpen
 from training.artifact.folding import folded_model_dir, reading
 from training.artifact.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
@@ -84,6 +85,7 @@ class CvssModel(VllmModel[CvssResult]):
         self.merged = merge
         common = {
             "tokenizer": self.base,
+            "tokenizer_revision": revision_of(self.base),
             "logprobs_mode": "processed_logprobs",  # probabilities after the grammar mask
             "enable_prefix_caching": True,
         }

@@ -51,10 +51,24 @@ def resolve_base_model(name_or_path: str | os.PathLike[str]) -> str:
     p = Path(name_or_path)
     if p.exists():
         return str(p.resolve())
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]  # training/artifact/base_model.py -> the repository
     if (repo_root / p).exists():
         return str((repo_root / p).resolve())
     return str(name_or_path)
+
+
+_PINNED: dict[str, str] = {}
+
+
+def pin_revision(name_or_path: str, revision: str | None) -> None:
+    """Pin a hub base model to a commit or tag for every later load in this process (local folders need
+    no pin: their weights are hashed)."""
+    if revision and not Path(name_or_path).is_dir():
+        _PINNED[str(name_or_path)] = revision
+
+
+def revision_of(name_or_path: str) -> str | None:
+    return _PINNED.get(str(name_or_path))
 
 
 def weights_hash(name_or_path: str) -> str | None:

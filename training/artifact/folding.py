@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.artifact.base_model import weights_hash
+from training.artifact.base_model import revision_of, weights_hash
 from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
@@ -37,6 +37,8 @@ def folded_inputs(base: str, manifest: Manifest) -> dict:
     """What a folded checkpoint is built from: full hashes (and the temperature folded into a head)."""
     base_hash = weights_hash(base) or manifest.base_model.weights_sha256
     inputs = {"task": manifest.task, "base_sha256": base_hash, "adapter_sha256": manifest.files.get(ADAPTER_FILE)}
+    if revision_of(base):
+        inputs["base_revision"] = revision_of(base)
     if manifest.task == "attack":
         inputs |= {"head_sha256": manifest.files.get(HEAD_FILE), "temperature": float(manifest.temperature)}
     missing = [k for k, v in inputs.items() if v is None]
@@ -116,7 +118,9 @@ def _build(base: str, artifact: Path, manifest: Manifest, out: Path, inputs: dic
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".folding-"))
     try:
         _fold(base, artifact, manifest).save_pretrained(staging, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base, trust_remote_code=False).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base, revision=revision_of(base), trust_remote_code=False).save_pretrained(
+            staging
+        )
         stamp = {"inputs": inputs, "weights_sha256": weights_hash(str(staging))}
         (staging / STAMP).write_text(json.dumps(stamp, indent=2))
         if out.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from training.artifact.base_model import resolve_base_model, weights_hash
+from training.artifact.base_model import resolve_base_model, revision_of, weights_hash
 from training.artifact.layout import HEAD_FILE
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
@@ -31,7 +31,8 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_base_model(base), trust_remote_code=False)
+    base = resolve_base_model(base)
+    tok = AutoTokenizer.from_pretrained(base, revision=revision_of(base), trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -54,7 +55,9 @@ def load_causal_lm_with_adapter(artifact: Path, base: str, device: torch.device,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, revision=revision_of(base), dtype=dtype, use_safetensors=True, trust_remote_code=False
+    )
     model = PeftModel.from_pretrained(model, str(artifact)).merge_and_unload()
     return model.to(device).eval()
 
@@ -63,7 +66,12 @@ def new_sequence_classifier(base: str, num_labels: int, pad_token_id: int, dtype
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=num_labels, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        base,
+        revision=revision_of(base),
+        num_labels=num_labels,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=False,
     )
     model.config.pad_token_id = pad_token_id
     return model

@@ -78,6 +78,7 @@ Labels = Annotated[CvssLabels | AttackLabels, Field(discriminator="kind")]
 class BaseModelRef(_Strict):
     name_or_path: str
     weights_sha256: str | None = Field(None, description="sha256 over the base safetensors, when local")
+    revision: str | None = Field(None, description="Hub commit or tag the base was loaded at, for hub ids")
     architecture: str | None = None
 
 

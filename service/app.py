@@ -27,35 +27,37 @@ WARMUP_TEXT = "Warm-up request: a buffer overflow in a network service allows re
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     s: Settings = app.state.settings
-    m: Models = app.state.models
+    models: Models = app.state.models
     classes = app.state.model_classes
     if s.cvss_artifact:
-        m.cvss = classes["cvss"](s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
+        models.cvss = classes["cvss"](s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
     if s.attack_artifact:
-        m.attack = classes["attack"](s.attack_artifact, s)
+        models.attack = classes["attack"](s.attack_artifact, s)
     try:
-        for model in m.loaded():
+        for model in models.loaded():
             await model.load()
-            man = model.manifest
-            MODEL_INFO.labels(man.task).info({"artifact": man.name, "version": man.version, "base_model": model.base})
+            manifest = model.manifest
+            MODEL_INFO.labels(manifest.task).info(
+                {"artifact": manifest.name, "version": manifest.version, "base_model": model.base}
+            )
         if s.warmup:  # bounded: a warm-up that hangs fails start-up instead of leaving a pod never ready
-            for model in m.loaded():
+            for model in models.loaded():
                 await asyncio.wait_for(model.classify_many([WARMUP_TEXT]), s.warmup_timeout_s)
-        m.ready = True
+        models.ready = True
         READY.set(1)
         if s.api_key_list:
             log.info("auth enabled: %d API key(s); /classify/* and /v1/models need a bearer key", len(s.api_key_list))
         else:
             log.warning("auth DISABLED: no SECCLF_API_KEYS configured; every client can classify")
-        log.info("ready: cvss=%s attack=%s", bool(m.cvss), bool(m.attack))
+        log.info("ready: cvss=%s attack=%s", bool(models.cvss), bool(models.attack))
         watchdog = asyncio.create_task(_watchdog(app))
         yield
     finally:
-        m.ready = False
+        models.ready = False
         READY.set(0)
         if "watchdog" in locals():
             watchdog.cancel()
-        for model in m.loaded():
+        for model in models.loaded():
             await model.close()
 
 
@@ -63,17 +65,17 @@ async def _watchdog(app: FastAPI) -> None:
     """A dead model turns /readyz to 503 at once (it reads health live); if it stays dead, exit
     non-zero so the container or pod is restarted instead of serving errors forever."""
     s: Settings = app.state.settings
-    m: Models = app.state.models
+    models: Models = app.state.models
     since: float | None = None
     while True:
         await asyncio.sleep(1)
-        sick = [type(x).__name__ for x in m.loaded() if not x.healthy]
+        sick = [type(x).__name__ for x in models.loaded() if not x.healthy]
         if not sick:
             since = None
             continue
         if since is None:
             since = time.monotonic()
-            m.problems = [f"{name} unhealthy" for name in sick]
+            models.problems = [f"{name} unhealthy" for name in sick]
             READY.set(0)
             log.error("unhealthy: %s", sick)
         elif time.monotonic() - since > s.unhealthy_exit_s:

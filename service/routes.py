@@ -47,16 +47,16 @@ ops = [Depends(require_api_key_for_ops)]
 ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
-def models(request: Request) -> Models:
+def get_models(request: Request) -> Models:
     return request.app.state.models
 
 
-def settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-ModelsDep = Annotated[Models, Depends(models)]
-SettingsDep = Annotated[Settings, Depends(settings)]
+ModelsDep = Annotated[Models, Depends(get_models)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 
 
 def _log_texts(route: str, texts: list[str], s: Settings) -> None:
@@ -78,10 +78,10 @@ async def _deadline(coro, s: Settings):
         raise DeadlineExceeded(f"not answered within the {s.request_timeout_s:g} s deadline") from e
 
 
-def _require(model, name: str, m: Models):
+def _require(model, name: str, models: Models):
     if model is None:
         raise RouteDisabled(f"the {name} classifier is not enabled on this server")
-    if not m.ready or not model.healthy:
+    if not models.ready or not model.healthy:
         raise ModelNotReady(f"the {name} classifier is not ready")
     return model
 
@@ -94,8 +94,8 @@ def _require(model, name: str, m: Models):
     dependencies=protected,
     summary="CVSS v3.1 base vector, score, severity and per-value probabilities for CVE descriptions",
 )
-async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
-    cvss = _require(m.cvss, "CVSS", m)
+async def classify_cvss(body: CvssRequest, models: ModelsDep, s: SettingsDep):
+    cvss = _require(models.cvss, "CVSS", models)
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/cvss", texts, s)
@@ -111,8 +111,8 @@ async def classify_cvss(body: CvssRequest, m: ModelsDep, s: SettingsDep):
     dependencies=protected,
     summary="Ranked MITRE ATT&CK techniques with calibrated probabilities for threat-report excerpts",
 )
-async def classify_attack(body: AttackRequest, m: ModelsDep, s: SettingsDep):
-    attack = _require(m.attack, "ATT&CK", m)
+async def classify_attack(body: AttackRequest, models: ModelsDep, s: SettingsDep):
+    attack = _require(models.attack, "ATT&CK", models)
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/attack", texts, s)
@@ -128,33 +128,33 @@ async def healthz() -> dict:
 @router.get(
     "/readyz", tags=["ops"], dependencies=ops, summary="Readiness: 200 once every model is loaded and warmed up"
 )
-async def readyz(response: Response, m: ModelsDep) -> dict:
-    unhealthy = [type(x).__name__ for x in m.loaded() if not x.healthy]
-    ok = m.ready and not unhealthy
+async def readyz(response: Response, models: ModelsDep) -> dict:
+    unhealthy = [type(x).__name__ for x in models.loaded() if not x.healthy]
+    ok = models.ready and not unhealthy
     response.status_code = 200 if ok else 503
-    return {"ready": ok, "unhealthy": unhealthy, "problems": m.problems}
+    return {"ready": ok, "unhealthy": unhealthy, "problems": models.problems}
 
 
 @router.get(
     "/v1/models", response_model=ModelsResponse, tags=["ops"], dependencies=protected, summary="Loaded artifacts"
 )
-async def list_models(m: ModelsDep, s: SettingsDep) -> ModelsResponse:
+async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
     out = []
-    for model in m.loaded():
-        man = model.manifest
-        labels = len(man.labels.metrics) if man.task == "cvss" else len(man.labels.techniques)
+    for model in models.loaded():
+        manifest = model.manifest
+        labels = len(manifest.labels.metrics) if manifest.task == "cvss" else len(manifest.labels.techniques)
         out.append(
             LoadedModel(
-                name=man.name,
-                version=man.version,
-                task=man.task,
-                base_model={**man.base_model.model_dump(), "serving": model.base},
+                name=manifest.name,
+                version=manifest.version,
+                task=manifest.task,
+                base_model={**manifest.base_model.model_dump(), "serving": model.base},
                 labels=labels,
-                temperature=man.temperature,
-                max_input_tokens=man.max_input_tokens,
+                temperature=manifest.temperature,
+                max_input_tokens=manifest.max_input_tokens,
                 adapters=sorted(getattr(model, "adapters", {})),
-                validation_metrics=man.metrics,
-                created_at=man.created_at,
+                validation_metrics=manifest.metrics,
+                created_at=manifest.created_at,
             )
         )
     return ModelsResponse(models=out, auth_enabled=bool(s.api_key_list))

@@ -74,8 +74,10 @@ class VllmModel(ABC, Generic[R]):
         return self.engine is not None and not self.engine.errored
 
     def info(self, adapter: str | None = None) -> ModelInfo:
-        m = self.manifest
-        return ModelInfo(name=m.name, version=m.version, task=self.task, base_model=self.base, adapter=adapter)
+        manifest = self.manifest
+        return ModelInfo(
+            name=manifest.name, version=manifest.version, task=self.task, base_model=self.base, adapter=adapter
+        )
 
     # -- per text ----------------------------------------------------------------------------------
     def preprocess(self, text: str) -> tuple[list[int], bool]:

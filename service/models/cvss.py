@@ -65,7 +65,7 @@ class CvssModel(VllmModel[CvssResult]):
         s = self.settings
         ids = cvss_value_token_ids(self.tokenizer, self.labels)
         self._value_ids = [
-            dict(zip(tids, m.values, strict=True)) for tids, m in zip(ids, self.labels.metrics, strict=True)
+            dict(zip(tids, metric.values, strict=True)) for tids, metric in zip(ids, self.labels.metrics, strict=True)
         ]
         # The grammar fixes which metric comes next; the allowed ids keep each step to the single-token
         # values (no bare-space token then a letter). Together they leave exactly one metric's values,
@@ -73,7 +73,7 @@ class CvssModel(VllmModel[CvssResult]):
         self._params = SamplingParams(
             temperature=0.0,
             max_tokens=len(self.labels.metrics),
-            logprobs=max(len(m.values) for m in self.labels.metrics),
+            logprobs=max(len(metric.values) for metric in self.labels.metrics),
             allowed_token_ids=sorted({t for ids in self._value_ids for t in ids}),
             structured_outputs=StructuredOutputsParams(regex=self.labels.answer_regex()),
         )
@@ -94,19 +94,19 @@ class CvssModel(VllmModel[CvssResult]):
             # the cached folder cannot be rebuilt while vLLM loads it
             engine = start_engine(str(folded), "cvss", s, s.cvss_kv_cache_gib, lock=reading(s.cache_dir), **common)
         else:
-            rank = max(int(m.hyperparameters.get("lora_r", 16)) for _, m in self.adapters.values())
+            rank = max(int(manifest.hyperparameters.get("lora_r", 16)) for _, manifest in self.adapters.values())
             lora = {"enable_lora": True, "max_lora_rank": max(s.max_lora_rank, rank), "max_loras": len(self.adapters)}
             engine = start_engine(self.base, "cvss", s, s.cvss_kv_cache_gib, **common, **lora)
         self._lora = {
-            name: None if merge else LoRARequest(f"{name}-{m.version}", i + 1, str(path))
-            for i, (name, (path, m)) in enumerate(self.adapters.items())
+            name: None if merge else LoRARequest(f"{name}-{manifest.version}", i + 1, str(path))
+            for i, (name, (path, manifest)) in enumerate(self.adapters.items())
         }
         log.info("CVSS engine ready: base=%s adapters=%s merged=%s", self.base, list(self.adapters), merge)
         return engine
 
     def info(self, adapter: str | None = DEFAULT_ADAPTER):
-        m = self.adapters[adapter or DEFAULT_ADAPTER][1]
-        return super().info(adapter).model_copy(update={"name": m.name, "version": m.version})
+        manifest = self.adapters[adapter or DEFAULT_ADAPTER][1]
+        return super().info(adapter).model_copy(update={"name": manifest.name, "version": manifest.version})
 
     # -- predict / postprocess ------------------------------------------------------------------
     def validate(self, adapter: str = DEFAULT_ADAPTER) -> None:
@@ -137,18 +137,18 @@ class CvssModel(VllmModel[CvssResult]):
         metrics: dict[str, CvssMetricResult] = {}
         values: dict[str, str] = {}
         temperature = self.adapters[adapter][1].temperature  # the calibration fitted with this adapter
-        for m, allowed, step in zip(self.labels.metrics, self._value_ids, steps, strict=True):
-            mass = {v: 0.0 for v in m.values}
+        for metric, allowed, step in zip(self.labels.metrics, self._value_ids, steps, strict=True):
+            mass = {v: 0.0 for v in metric.values}
             for token_id, lp in step.items():
                 if token_id in allowed and lp.logprob is not None and math.isfinite(lp.logprob):
                     mass[allowed[token_id]] = math.exp(lp.logprob)
             total = sum(mass.values())
             if total <= 0:
-                raise EngineUnavailable(f"no probability mass on the allowed values of {m.key}")
+                raise EngineUnavailable(f"no probability mass on the allowed values of {metric.key}")
             probs = sharpen({v: p / total for v, p in mass.items()}, temperature)
             best = max(probs, key=probs.get)
-            values[m.key] = best
-            metrics[m.key] = CvssMetricResult(value=best, label=m.values[best], probabilities=probs)
+            values[metric.key] = best
+            metrics[metric.key] = CvssMetricResult(value=best, label=metric.values[best], probabilities=probs)
         vector = self.labels.vector(values)
         score, severity = score_vector(vector)
         GENERATED_TOKENS.labels("cvss").inc(len(completion.token_ids))

@@ -89,6 +89,7 @@ def _require(model, name: str, models: Models):
 @router.post(
     "/classify/cvss",
     response_model=CvssResult | CvssBatchResponse,
+    response_model_exclude_unset=True,  # "abstained" appears only when min_confidence was asked for
     responses=ERRORS,
     tags=["classify"],
     dependencies=protected,
@@ -99,13 +100,15 @@ async def classify_cvss(body: CvssRequest, models: ModelsDep, s: SettingsDep):
     texts = [body.description] if body.description is not None else list(body.descriptions or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/cvss", texts, s)
-    results = await _deadline(cvss.classify_many(texts, adapter=body.adapter or DEFAULT_ADAPTER), s)
+    adapter = body.adapter or DEFAULT_ADAPTER
+    results = await _deadline(cvss.classify_many(texts, adapter=adapter, min_confidence=body.min_confidence), s)
     return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
 
 
 @router.post(
     "/classify/attack",
     response_model=AttackResult | AttackBatchResponse,
+    response_model_exclude_unset=True,
     responses=ERRORS,
     tags=["classify"],
     dependencies=protected,
@@ -116,7 +119,7 @@ async def classify_attack(body: AttackRequest, models: ModelsDep, s: SettingsDep
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/attack", texts, s)
-    results = await _deadline(attack.classify_many(texts, top_k=body.top_k), s)
+    results = await _deadline(attack.classify_many(texts, top_k=body.top_k, min_confidence=body.min_confidence), s)
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 
 

@@ -47,6 +47,12 @@ class CvssRequest(BaseModel):
     description: NonBlank | None = Field(None, description="One CVE description")
     descriptions: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
     adapter: str | None = Field(None, description="Name of a loaded CVSS LoRA adapter (default: the default one)")
+    min_confidence: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Abstain (abstained: true, predictions still returned) when a metric's top probability is below it",
+    )
 
     _check = model_validator(mode="after")(_one_of("description", "descriptions"))
 
@@ -56,6 +62,12 @@ class AttackRequest(BaseModel):
     text: NonBlank | None = Field(None, description="One threat-report excerpt")
     texts: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
     top_k: int = Field(5, ge=1, le=50, description="How many techniques to return, most probable first")
+    min_confidence: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Abstain (abstained: true, predictions still returned) when the top probability is below it",
+    )
 
     _check = model_validator(mode="after")(_one_of("text", "texts"))
 
@@ -72,6 +84,7 @@ class CvssMetricResult(BaseModel):
     value: str
     label: str
     probabilities: dict[str, float]
+    abstained: bool | None = Field(None, description="Only with min_confidence: this metric's top value is below it")
 
 
 class CvssResult(BaseModel):
@@ -81,6 +94,7 @@ class CvssResult(BaseModel):
     metrics: dict[str, CvssMetricResult]
     truncated: bool = Field(description="The input was cut to the model's window (as in training)")
     model: ModelInfo
+    abstained: bool | None = Field(None, description="Only with min_confidence: some metric is below it")
 
 
 class CvssBatchResponse(BaseModel):
@@ -98,6 +112,7 @@ class AttackResult(BaseModel):
     predictions: list[TechniquePrediction]
     truncated: bool
     model: ModelInfo
+    abstained: bool | None = Field(None, description="Only with min_confidence: the top technique is below it")
 
 
 class AttackBatchResponse(BaseModel):

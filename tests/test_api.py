@@ -185,3 +185,46 @@ def test_metrics_after_traffic(client):
     ):
         assert series in text, series
     assert "/classify/nope" not in text  # unknown paths share one label value
+
+
+def test_min_confidence_abstains_and_responses_without_it_are_unchanged(client):
+    plain = client.post("/classify/attack", json={"text": TEXT}).json()
+    assert "abstained" not in plain and "abstained" not in plain["predictions"][0]
+    top = plain["predictions"][0]["probability"]
+    above = client.post("/classify/attack", json={"text": TEXT, "min_confidence": top / 2}).json()
+    below = client.post("/classify/attack", json={"text": TEXT, "min_confidence": min(1.0, top * 1.01)}).json()
+    assert above["abstained"] is False and below["abstained"] is True
+    assert below["predictions"] == plain["predictions"]  # abstaining keeps the predictions
+
+    plain = client.post("/classify/cvss", json={"description": CVE}).json()
+    assert "abstained" not in plain and all("abstained" not in m for m in plain["metrics"].values())
+    tops = {k: m["probabilities"][m["value"]] for k, m in plain["metrics"].items()}
+    cut = sorted(tops.values())[3]  # between the 4th and 5th most confident metrics
+    r = client.post("/classify/cvss", json={"description": CVE, "min_confidence": cut}).json()
+    assert r["abstained"] is True and r["vector"] == plain["vector"]
+    assert {k for k, m in r["metrics"].items() if m["abstained"]} == {k for k, p in tops.items() if p < cut}
+    for bad in (0, 1.5, "high"):
+        assert client.post("/classify/attack", json={"text": TEXT, "min_confidence": bad}).status_code == 422
+
+
+def _sample_count(text: str, name: str, **labels: str) -> float:
+    import re
+
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    m = re.search(rf"^{name}{{{want}}} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_drift_metrics_follow_the_answers(client):
+    before = client.get("/metrics").text
+    r = client.post("/classify/attack", json={"texts": [TEXT, TEXT + " Twice."]}).json()
+    cvss = client.post("/classify/cvss", json={"description": CVE}).json()
+    after = client.get("/metrics").text
+    top = r["results"][0]["predictions"][0]["technique_id"]
+    grew = lambda name, **kw: _sample_count(after, name, **kw) - _sample_count(before, name, **kw)  # noqa: E731
+    assert grew("secclf_top1_confidence_count", field="technique", model="attack") == 2
+    assert grew("secclf_input_tokens_count", model="attack") == 2
+    assert grew("secclf_predicted_labels_total", label=top, model="attack") >= 1
+    av = cvss["metrics"]["AV"]["value"]
+    assert grew("secclf_predicted_labels_total", label=f"AV:{av}", model="cvss") == 1
+    assert grew("secclf_top1_confidence_count", field="AV", model="cvss") == 1

@@ -69,3 +69,11 @@ class AttackModel(VllmModel[AttackResult]):
             t = self.labels.techniques[i]
             preds.append(TechniquePrediction(technique_id=t.id, name=t.name, tactics=t.tactics, probability=p))
         return AttackResult(predictions=preds, truncated=truncated, model=self.info())
+
+    def top_choices(self, result: AttackResult) -> list[tuple[str, str, float]]:
+        top = result.predictions[0]
+        return [("technique", top.technique_id, top.probability)]
+
+    def abstain(self, result: AttackResult, min_confidence: float) -> AttackResult:
+        result.abstained = result.predictions[0].probability < min_confidence
+        return result

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
-from service.metrics import ITEMS, STAGE_LATENCY, TRUNCATED
+from service.metrics import ABSTAINED, INPUT_TOKENS, ITEMS, PREDICTED, STAGE_LATENCY, TOP1_CONFIDENCE, TRUNCATED
 from service.schemas import ModelInfo
 from service.settings import Settings
 from training.artifact.base_model import pin_revision
@@ -58,6 +58,14 @@ class VllmModel(ABC, Generic[R]):
 
     @abstractmethod
     def postprocess(self, output: Any, truncated: bool, **opts: Any) -> R: ...
+
+    @abstractmethod
+    def top_choices(self, result: R) -> list[tuple[str, str, float]]:
+        """(field, chosen label, its probability) per decision in a result: drift metrics and abstention."""
+
+    @abstractmethod
+    def abstain(self, result: R, min_confidence: float) -> R:
+        """Mark the result (and its parts) below `min_confidence`; predictions are kept."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -108,22 +116,30 @@ class VllmModel(ABC, Generic[R]):
     def request_id() -> str:
         return uuid.uuid4().hex
 
-    async def classify(self, text: str, **opts: Any) -> R:
+    async def classify(self, text: str, min_confidence: float | None = None, **opts: Any) -> R:
         t0 = time.perf_counter()
         ids, truncated = self.preprocess(text)
         t1 = time.perf_counter()
         out = await self.predict(ids, **opts)
         t2 = time.perf_counter()
         result = self.postprocess(out, truncated, **opts)
+        if min_confidence is not None:
+            result = self.abstain(result, min_confidence)
+            if getattr(result, "abstained", False):
+                ABSTAINED.labels(self.task).inc()
         t3 = time.perf_counter()
         for stage, seconds in (("preprocess", t1 - t0), ("predict", t2 - t1), ("postprocess", t3 - t2)):
             STAGE_LATENCY.labels(self.task, stage).observe(seconds)
         ITEMS.labels(self.task).inc()
+        INPUT_TOKENS.labels(self.task).observe(len(ids))
         if truncated:
             TRUNCATED.labels(self.task).inc()
+        for field, label, confidence in self.top_choices(result):
+            TOP1_CONFIDENCE.labels(self.task, field).observe(confidence)
+            PREDICTED.labels(self.task, label).inc()
         return result
 
-    async def classify_many(self, texts: Sequence[str], **opts: Any) -> list[R]:
+    async def classify_many(self, texts: Sequence[str], min_confidence: float | None = None, **opts: Any) -> list[R]:
         """All texts are admitted or none (a request is never half-accepted); the engine batches them."""
         self.validate(**opts)
         n = len(texts)
@@ -133,6 +149,6 @@ class VllmModel(ABC, Generic[R]):
             raise Overloaded(f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})")
         self.inflight += n
         try:
-            return list(await asyncio.gather(*(self.classify(t, **opts) for t in texts)))
+            return list(await asyncio.gather(*(self.classify(t, min_confidence, **opts) for t in texts)))
         finally:
             self.inflight -= n

@@ -117,6 +117,15 @@ class CvssModel(VllmModel[CvssResult]):
             raise UnknownAdapter(adapter, list(self.adapters))
         return self._lora[adapter]
 
+    def top_choices(self, result: CvssResult) -> list[tuple[str, str, float]]:
+        return [(k, f"{k}:{m.value}", m.probabilities[m.value]) for k, m in result.metrics.items()]
+
+    def abstain(self, result: CvssResult, min_confidence: float) -> CvssResult:
+        for metric in result.metrics.values():
+            metric.abstained = metric.probabilities[metric.value] < min_confidence
+        result.abstained = any(metric.abstained for metric in result.metrics.values())
+        return result
+
     async def predict(self, prompt_ids: list[int], adapter: str = DEFAULT_ADAPTER):
         from vllm.inputs import TokensPrompt
 

@@ -4,7 +4,6 @@ that publishes what the engine's scheduler knows (running and waiting requests, 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from typing import Any
 
@@ -12,7 +11,6 @@ from service.metrics import ENGINE_QUEUE_TIME, ENGINE_RUNNING, ENGINE_WAITING
 from service.settings import Settings
 from training.artifact.base_model import revision_of
 
-log = logging.getLogger(__name__)
 GIB = 1 << 30
 
 

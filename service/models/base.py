@@ -101,11 +101,9 @@ class VllmModel(ABC, Generic[R]):
         if not self.healthy:
             raise EngineUnavailable(f"the {self.task} engine is not running")
         final = None
-        try:
+        try:  # a deadline or a client gone cancels this (CancelledError is not an Exception): vLLM aborts
             async for out in stream():
                 final = out
-        except asyncio.CancelledError:  # deadline or client gone: vLLM aborts the request
-            raise
         except Exception as e:
             raise EngineUnavailable(f"{self.task} engine request failed: {type(e).__name__}: {e}") from e
         if final is None:

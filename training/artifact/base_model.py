@@ -6,6 +6,7 @@ state dict is moved into a freshly built model of the same config and saved from
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -72,14 +73,23 @@ def revision_of(name_or_path: str) -> str | None:
 
 
 def weights_hash(name_or_path: str) -> str | None:
-    """sha256 over the base model's safetensors files (None for a hub id not on disk)."""
+    """sha256 over the base model's safetensors files (None for a hub id not on disk).
+
+    Start-up asks for the same folder's hash several times (each model checks its base, then keys its
+    folded checkpoint): the digest is kept per (file, size, mtime), so a file rewritten is hashed again."""
     p = Path(name_or_path)
     if not p.is_dir():
         return None
+    files = sorted(p.glob("*.safetensors"))
+    return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for f in sorted(p.glob("*.safetensors")):
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
+    for path, _, _ in files:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()

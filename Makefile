@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DATA_DIR ?= ../shared/data
 export DATA_DIR
 
-.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak fuzz
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak fuzz image-test
 
 setup:
 	@bash scripts/setup.sh
@@ -43,3 +43,8 @@ soak: setup
 # Longer schemathesis fuzz of the live service (200 cases per operation, NUL characters included; no 5xx)
 fuzz: setup
 	SECCLF_FUZZ_EXAMPLES=200 $(PY) -m pytest -q tests/test_reliability.py -k fuzz
+
+# Build the CPU image, serve from it, probe it, stop it; then compose it with Prometheus (podman or docker;
+# not part of CI: about 10 minutes). Writes docker/image-test.json. See README "Deployment".
+image-test: setup
+	$(PY) docker/image_test.py

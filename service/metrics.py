@@ -66,5 +66,12 @@ INPUT_TOKENS = Histogram(
 ABSTAINED = Counter(
     "secclf_abstained_total", "Results below the request's min_confidence", ["model"], registry=REGISTRY
 )
+SET_SIZE = Histogram(
+    "secclf_prediction_set_size",
+    "Labels in a prediction set (requests with coverage); growing sets mean less certain answers",
+    ["model", "field", "coverage"],
+    buckets=(1, 2, 3, 5, 10, 20, 50, 100, 216),
+    registry=REGISTRY,
+)
 MODEL_INFO = Info("secclf_model", "Loaded artifacts", ["task"], registry=REGISTRY)
 READY = Gauge("secclf_ready", "1 when the service is ready", registry=REGISTRY)

@@ -101,7 +101,9 @@ async def classify_cvss(body: CvssRequest, models: ModelsDep, s: SettingsDep):
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/cvss", texts, s)
     adapter = body.adapter or DEFAULT_ADAPTER
-    results = await _deadline(cvss.classify_many(texts, adapter=adapter, min_confidence=body.min_confidence), s)
+    results = await _deadline(
+        cvss.classify_many(texts, adapter=adapter, min_confidence=body.min_confidence, coverage=body.coverage), s
+    )
     return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
 
 
@@ -119,7 +121,9 @@ async def classify_attack(body: AttackRequest, models: ModelsDep, s: SettingsDep
     texts = [body.text] if body.text is not None else list(body.texts or [])
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/attack", texts, s)
-    results = await _deadline(attack.classify_many(texts, top_k=body.top_k, min_confidence=body.min_confidence), s)
+    results = await _deadline(
+        attack.classify_many(texts, top_k=body.top_k, min_confidence=body.min_confidence, coverage=body.coverage), s
+    )
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 
 
@@ -157,6 +161,7 @@ async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
                 max_input_tokens=manifest.max_input_tokens,
                 adapters=sorted(getattr(model, "adapters", {})),
                 validation_metrics=manifest.metrics,
+                coverages=[lv.coverage for lv in manifest.conformal.levels] if manifest.conformal else [],
                 created_at=manifest.created_at,
             )
         )

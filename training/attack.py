@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
+from training import heldout
 from training.artifact.base_model import resolve_base_model
 from training.artifact.encoding import encode_prompt
 from training.artifact.layout import HEAD_FILE
@@ -29,8 +30,9 @@ from training.artifact.manifest import AttackLabels, AttackSplit, Manifest, Trai
 from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.attack_cv import per_group_metrics, pooled_temperature, summarize
-from training.baseline import attack_baseline_logits
+from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
+from training.conformal import attack_conformal
 from training.data import AttackExample, load_cti_hal
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.predict import attack_logits
@@ -85,18 +87,8 @@ def train_attack(
     folds: int = DEFAULT_FOLDS,
 ) -> Manifest:
     started = time.time()
-    cat = catalogue()
-    labels = cat.labels()
+    labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train)
     index = {t.id: i for i, t in enumerate(labels)}
-    examples, dropped = load_cti_hal(data, cat.remap)
-    examples = [e for e in examples if e.technique in index]
-    if limit_train:
-        examples = _limit_per_group(examples, limit_train)
-    extra = (
-        [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
-        if use_catalogue
-        else []
-    )
     fold_groups = [tuple(validation_groups)] if validation_groups else group_k_folds(examples, folds)
     if validation_groups:
         split_attack(examples, validation_groups)  # names must exist
@@ -137,6 +129,7 @@ def train_attack(
         ),
         catalogue_examples=use_catalogue,
         folds=[list(f) for f in fold_groups],
+        limit_train=limit_train,
     )
 
     # The frozen bottom layers are the base model's, the same in every fold: run them once for all rows.
@@ -192,14 +185,7 @@ def train_attack(
     log.info("held-out mean top-1 by epoch %s; keeping epoch %d, T=%.3f", by_epoch, best_epoch, temperature)
 
     per_group = per_group_metrics(oof_logits, oof_targets, oof_groups)
-    baseline_logits = np.zeros_like(oof_logits)
-    held_examples = [e for e in examples if e.group in set(oof_groups.tolist())]
-    for held in fold_groups:
-        train_ex = [e for e in rows_ex if e.group not in held]
-        sel = np.isin(oof_groups, held)
-        baseline_logits[sel] = attack_baseline_logits(
-            train_ex, [e.text for e, s in zip(held_examples, sel, strict=True) if s], [t.id for t in labels]
-        )
+    baseline_logits = attack_baseline_oof(examples, extra, fold_groups, [t.id for t in labels])
     baseline_per_group = per_group_metrics(baseline_logits, oof_targets, oof_groups, calibrate=False)
     metrics = {
         "validation": (
@@ -215,6 +201,9 @@ def train_attack(
         "per_group": per_group,
         "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
     }
+
+    held = heldout.AttackHeldout(oof_logits, oof_targets, oof_groups)
+    conformal, metrics["conformal"] = attack_conformal(held, temperature, baseline_logits)
 
     if validation_groups:
         model, epoch_end = fold_models[0]
@@ -250,6 +239,7 @@ def train_attack(
 
         save_adapter_16bit(model, d)
         save_file({"weight": head.weight.detach().to(torch.bfloat16).contiguous().cpu()}, str(d / HEAD_FILE))
+        heldout.save(d, held)
         write_split(
             d,
             AttackSplit(
@@ -260,8 +250,25 @@ def train_attack(
             ),
         )
 
-    final = draft.model_copy(update={"metrics": metrics, "temperature": temperature})
+    final = draft.model_copy(update={"metrics": metrics, "temperature": temperature, "conformal": conformal})
     return write_artifact(Path(out), final, write)
+
+
+def attack_examples(data: Path, use_catalogue: bool = True, limit_train: int = 0):
+    """(labels, CTI-HAL items with a current label, catalogue description rows, dropped label counts)."""
+    cat = catalogue()
+    labels = cat.labels()
+    index = {t.id for t in labels}
+    examples, dropped = load_cti_hal(data, cat.remap)
+    examples = [e for e in examples if e.technique in index]
+    if limit_train:
+        examples = _limit_per_group(examples, limit_train)
+    extra = (
+        [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
+        if use_catalogue
+        else []
+    )
+    return labels, examples, extra, dropped
 
 
 def _limit_per_group(examples: list[AttackExample], n: int) -> list[AttackExample]:

@@ -36,6 +36,26 @@ def cvss_baseline(train: Sequence[CvssExample], test: Sequence[CvssExample], met
     return cvss_metrics(metric_keys, predicted, [e.values for e in test])
 
 
+def cvss_baseline_probs(
+    train: Sequence[CvssExample], test: Sequence[CvssExample], values: dict[str, list[str]]
+) -> dict[str, np.ndarray]:
+    """Per metric, [test rows, allowed values] probabilities (values never seen in training get 0)."""
+    x_train, x_test = [e.description for e in train], [e.description for e in test]
+    out = {}
+    for k, vals in values.items():
+        y = [e.values[k] for e in train]
+        probs = np.zeros((len(test), len(vals)))
+        if len(set(y)) == 1:
+            probs[:, vals.index(y[0])] = 1.0
+        else:
+            clf = _pipeline().fit(x_train, y)
+            proba = clf.predict_proba(x_test)
+            for j, cls in enumerate(clf.classes_):
+                probs[:, vals.index(str(cls))] = proba[:, j]
+        out[k] = probs
+    return out
+
+
 def cvss_majority(train: Sequence[CvssExample], test: Sequence[CvssExample], metric_keys: Sequence[str]) -> dict:
     from collections import Counter
 
@@ -55,6 +75,24 @@ def attack_baseline_logits(
     for j, cls in enumerate(clf.classes_):
         logits[:, index[cls]] = np.log(np.maximum(proba[:, j], 1e-9))
     return logits
+
+
+def attack_baseline_oof(
+    examples: Sequence[AttackExample],
+    extra: Sequence[AttackExample],
+    folds: Sequence[Sequence[str]],
+    label_ids: Sequence[str],
+) -> np.ndarray:
+    """Out-of-fold log-probabilities of the rows of `examples` whose group some fold holds out, in
+    their order: each fold's rows from a classifier trained on the other groups (+ `extra`)."""
+    held_groups = [g for f in folds for g in f]
+    held = [e for e in examples if e.group in held_groups]
+    out = np.zeros((len(held), len(label_ids)))
+    for fold in folds:
+        sel = np.array([e.group in fold for e in held])
+        train = [e for e in list(examples) + list(extra) if e.group not in fold]
+        out[sel] = attack_baseline_logits(train, [e.text for e, s in zip(held, sel, strict=True) if s], label_ids)
+    return out
 
 
 def attack_baseline(train: Sequence[AttackExample], test: Sequence[AttackExample], label_ids: Sequence[str]) -> dict:

@@ -50,6 +50,22 @@ def calibrate_cvss(
     typer.echo(m.model_dump_json(include={"name", "version", "temperature"}, indent=2))
 
 
+@app.command("conformal")
+def conformal(
+    artifact: Annotated[Path, typer.Option(help="A CVSS or ATT&CK artifact folder")],
+    data: Annotated[list[Path], typer.Option(help="Its training data (baseline sets; CVSS validation CVEs)")],
+    out: Annotated[Path | None, typer.Option(help="Artifact folder to write (default: in place)")] = None,
+) -> None:
+    """Fit an artifact's prediction-set thresholds on its held-out scores (training does this itself now)."""
+    import json
+
+    from training.refit import refit_conformal
+
+    _setup_logging()
+    m = refit_conformal(artifact, data, out)
+    typer.echo(json.dumps(m.metrics["conformal"], indent=2))
+
+
 @app.callback()
 def main() -> None:
     """Train and evaluate the classifiers; write versioned artifacts."""
@@ -193,7 +209,7 @@ def evaluate(
     """Score an artifact on examples it did not train on, beside TF-IDF+LR; plots into <artifact>/report/."""
     import json
 
-    from training.artifact.manifest import ArtifactError
+    from training.artifact.manifest import ArtifactError, load_manifest
     from training.data import DataError
     from training.evaluate import evaluate_attack, evaluate_cvss, format_report
 
@@ -209,4 +225,12 @@ def evaluate(
     except (DataError, ArtifactError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    recorded = load_manifest(artifact, verify=False).metrics.get("conformal", {})
+    if recorded.get("abstention"):  # measured at training time on out-of-sample scores
+        report["abstention"] = recorded["abstention"]
+        report["abstention_source"] = (
+            "recorded in training: CVSS validation CVEs, each half calibrated on the other"
+            if task == "cvss"
+            else "recorded in training: out-of-fold, each group calibrated on the others"
+        )
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cvss.constants3 as cvss_constants
 
+from training import heldout
 from training.artifact.base_model import resolve_base_model
 from training.artifact.encoding import cvss_value_token_ids, encode_prompt
 from training.artifact.loading import load_tokenizer, pick_device, pick_dtype
@@ -29,8 +30,10 @@ from training.artifact.manifest import (
 from training.artifact.prompting import CVSS_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
+from training.conformal import cvss_conformal
 from training.data import CvssExample, load_cvss
 from training.data.common import BASE_METRICS
+from training.heldout import cvss_heldout
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.metrics import cvss_metrics
 from training.predict import predict_cvss
@@ -84,6 +87,18 @@ def _calibration(metrics: dict, probs: list, val_ex: list[CvssExample]) -> dict:
         "ece_uncalibrated": ece_raw,
         "ece_calibrated_crossfit": cross_fitted_cvss_ece(probs, truth, calibration_halves([e.cve_id for e in val_ex])),
     }
+
+
+def _values(manifest: Manifest) -> dict[str, list[str]]:
+    return {m.key: list(m.values) for m in manifest.labels.metrics}
+
+
+def _conformal(held, labels: CvssLabels, temperature: float, train_ex, val_ex):
+    """Per-metric prediction-set thresholds on the validation CVEs, with TF-IDF + LR's sets beside them."""
+    from training.baseline import cvss_baseline_probs
+
+    baseline = cvss_baseline_probs(train_ex, val_ex, {m.key: list(m.values) for m in labels.metrics})
+    return cvss_conformal(held, labels, temperature, calibration_halves(held.ids), baseline)
 
 
 def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None = None) -> Manifest:
@@ -205,7 +220,9 @@ def train_cvss(
     model.eval().to(device, dtype=pick_dtype(device))
     metrics, probs = evaluate_cvss_model(model, tokenizer, draft, val_ex)
     metrics.update(_calibration(metrics, probs, val_ex))
-    draft = draft.model_copy(update={"temperature": metrics["temperature"]})
+    held = cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(draft))
+    conformal, metrics["conformal"] = _conformal(held, draft.labels, metrics["temperature"], train_ex, val_ex)
+    draft = draft.model_copy(update={"temperature": metrics["temperature"], "conformal": conformal})
     metrics["train_seconds"] = round(time.time() - started, 1)
     metrics["cache_seconds"] = round(cache_seconds, 1)
     metrics["best_epoch"] = best_epoch
@@ -215,6 +232,7 @@ def train_cvss(
 
     def write(d: Path) -> None:
         save_adapter_16bit(model, d)
+        heldout.save(d, held)
         write_split(
             d,
             CvssSplit(train_ids=sorted(e.cve_id for e in train_ex), validation_ids=sorted(e.cve_id for e in val_ex)),

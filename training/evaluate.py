@@ -231,6 +231,11 @@ def format_report(report: dict) -> str:
     for k in keys:
         vals = [report[c].get(k) for c in cols]
         lines.append(f"{k:<28}" + "".join(f"{v:>16.4f}" if isinstance(v, (int, float)) else f"{'-':>16}" for v in vals))
+    if report.get("abstention"):
+        lines += ["", f"choosing min_confidence ({report['abstention_source']}):", "threshold  coverage  precision"]
+        lines += [
+            f"{r['min_confidence']:>9.2f}  {r['coverage']:>8.3f}  {r['precision']:>9.3f}" for r in report["abstention"]
+        ]
     return "\n".join(lines)
 
 

@@ -67,3 +67,24 @@ def attack_metrics(
             logits, targets, folds
         )
     return out
+
+
+ABSTENTION_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def precision_coverage(
+    confidence: np.ndarray, correct: np.ndarray, thresholds: Sequence[float] = ABSTENTION_THRESHOLDS
+) -> list[dict[str, float]]:
+    """Per `min_confidence` threshold: the share of answers kept (coverage) and their accuracy (precision)."""
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, bool)
+    rows = []
+    for t in thresholds:
+        kept = conf >= t
+        rows.append(
+            {
+                "min_confidence": t,
+                "coverage": float(kept.mean()),
+                "precision": float(ok[kept].mean()) if kept.any() else float("nan"),
+            }
+        )
+    return rows

@@ -14,10 +14,12 @@ from service.engine import start_engine
 from service.models.base import VllmModel
 from service.schemas import AttackResult, TechniquePrediction
 from service.settings import Settings
+from training.artifact.conformal import prediction_set
 from training.artifact.folding import folded_model_dir, reading
-from training.artifact.manifest import ArtifactError, AttackLabels
+from training.artifact.manifest import ArtifactError, AttackLabels, ConformalLevel
 
 log = logging.getLogger(__name__)
+SET_FIELD = "technique"  # the manifest's conformal field for ATT&CK
 
 
 class AttackModel(VllmModel[AttackResult]):
@@ -62,13 +64,19 @@ class AttackModel(VllmModel[AttackResult]):
         )
         return final.outputs.data  # calibrated probabilities over the manifest's techniques, in its order
 
+    def _prediction(self, index: int, probability: float) -> TechniquePrediction:
+        t = self.labels.techniques[index]
+        return TechniquePrediction(technique_id=t.id, name=t.name, tactics=t.tactics, probability=probability)
+
     def postprocess(self, probs: torch.Tensor, truncated: bool, top_k: int = 5) -> AttackResult:
         top = torch.topk(probs.float(), min(top_k, probs.numel()))
-        preds = []
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            t = self.labels.techniques[i]
-            preds.append(TechniquePrediction(technique_id=t.id, name=t.name, tactics=t.tactics, probability=p))
+        preds = [self._prediction(i, p) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
         return AttackResult(predictions=preds, truncated=truncated, model=self.info())
+
+    def add_prediction_set(self, probs: torch.Tensor, result: AttackResult, level: ConformalLevel):
+        p = probs.double().tolist()
+        result.prediction_set = [self._prediction(i, p[i]) for i in prediction_set(p, level.fields[SET_FIELD])]
+        return [(SET_FIELD, len(result.prediction_set))]
 
     def top_choices(self, result: AttackResult) -> list[tuple[str, str, float]]:
         top = result.predictions[0]

@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
-from service.metrics import ABSTAINED, INPUT_TOKENS, ITEMS, PREDICTED, STAGE_LATENCY, TOP1_CONFIDENCE, TRUNCATED
+from service.metrics import (
+    ABSTAINED,
+    INPUT_TOKENS,
+    ITEMS,
+    PREDICTED,
+    SET_SIZE,
+    STAGE_LATENCY,
+    TOP1_CONFIDENCE,
+    TRUNCATED,
+)
 from service.schemas import ModelInfo
 from service.settings import Settings
 from training.artifact.base_model import pin_revision
 from training.artifact.encoding import encode_prompt
 from training.artifact.loading import base_for, load_tokenizer
-from training.artifact.manifest import ArtifactError, Manifest, load_manifest
+from training.artifact.manifest import ArtifactError, ConformalLevel, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -66,6 +75,26 @@ class VllmModel(ABC, Generic[R]):
     @abstractmethod
     def abstain(self, result: R, min_confidence: float) -> R:
         """Mark the result (and its parts) below `min_confidence`; predictions are kept."""
+
+    @abstractmethod
+    def add_prediction_set(self, output: Any, result: R, level: ConformalLevel) -> list[tuple[str, int]]:
+        """Attach the level's prediction set(s) to `result`; returns (field, set size) per set."""
+
+    def manifest_for(self, **opts: Any) -> Manifest:
+        """The manifest whose calibration answers a request (CVSS: the adapter's)."""
+        return self.manifest
+
+    def conformal_level(self, coverage: float, **opts: Any) -> ConformalLevel:
+        conformal = self.manifest_for(**opts).conformal
+        level = conformal.level(coverage) if conformal else None
+        if level is None:
+            offered = [lv.coverage for lv in conformal.levels] if conformal else []
+            raise InvalidInput(
+                f"coverage {coverage:g} is not offered by this model; supported: {offered}"
+                if offered
+                else "this model's artifact has no prediction-set thresholds; omit coverage"
+            )
+        return level
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -114,7 +143,9 @@ class VllmModel(ABC, Generic[R]):
     def request_id() -> str:
         return uuid.uuid4().hex
 
-    async def classify(self, text: str, min_confidence: float | None = None, **opts: Any) -> R:
+    async def classify(
+        self, text: str, min_confidence: float | None = None, level: ConformalLevel | None = None, **opts: Any
+    ) -> R:
         t0 = time.perf_counter()
         ids, truncated = self.preprocess(text)
         t1 = time.perf_counter()
@@ -125,6 +156,9 @@ class VllmModel(ABC, Generic[R]):
             result = self.abstain(result, min_confidence)
             if getattr(result, "abstained", False):
                 ABSTAINED.labels(self.task).inc()
+        if level is not None:
+            for field, size in self.add_prediction_set(out, result, level):
+                SET_SIZE.labels(self.task, field, f"{level.coverage:g}").observe(size)
         t3 = time.perf_counter()
         for stage, seconds in (("preprocess", t1 - t0), ("predict", t2 - t1), ("postprocess", t3 - t2)):
             STAGE_LATENCY.labels(self.task, stage).observe(seconds)
@@ -137,9 +171,16 @@ class VllmModel(ABC, Generic[R]):
             PREDICTED.labels(self.task, label).inc()
         return result
 
-    async def classify_many(self, texts: Sequence[str], min_confidence: float | None = None, **opts: Any) -> list[R]:
+    async def classify_many(
+        self,
+        texts: Sequence[str],
+        min_confidence: float | None = None,
+        coverage: float | None = None,
+        **opts: Any,
+    ) -> list[R]:
         """All texts are admitted or none (a request is never half-accepted); the engine batches them."""
         self.validate(**opts)
+        level = None if coverage is None else self.conformal_level(coverage, **opts)
         n = len(texts)
         if n > self.max_inflight:  # could never be accepted: retrying would not help
             raise InvalidInput(f"{n} texts exceed this server's in-flight limit of {self.max_inflight}")
@@ -147,6 +188,6 @@ class VllmModel(ABC, Generic[R]):
             raise Overloaded(f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})")
         self.inflight += n
         try:
-            return list(await asyncio.gather(*(self.classify(t, min_confidence, **opts) for t in texts)))
+            return list(await asyncio.gather(*(self.classify(t, min_confidence, level, **opts) for t in texts)))
         finally:
             self.inflight -= n

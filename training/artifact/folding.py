@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from training.artifact.base_model import revision_of, weights_hash
-from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE
+from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE, readable_by_all
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,11 @@ def _cached_or_built(base: str, artifact: Path, manifest: Manifest, out: Path, i
         except ValueError:
             recorded = {}
         # Reused only if it was built from these very inputs and its weights are intact
-        if recorded.get("inputs") == inputs and recorded.get("weights_sha256") == weights_hash(str(out)):
+        try:
+            intact = recorded.get("weights_sha256") == weights_hash(str(out))
+        except OSError:  # weights missing or unreadable: rebuild
+            intact = False
+        if recorded.get("inputs") == inputs and intact:
             log.info("using cached folded model %s", out)
             return out
         log.warning("folded model %s does not match its inputs or its stamp; rebuilding", out)
@@ -123,6 +127,7 @@ def _build(base: str, artifact: Path, manifest: Manifest, out: Path, inputs: dic
         )
         stamp = {"inputs": inputs, "weights_sha256": weights_hash(str(staging))}
         (staging / STAMP).write_text(json.dumps(stamp, indent=2))
+        readable_by_all(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)  # atomic: a crash leaves only a .folding-* folder, never a half model

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.artifact.layout import MANIFEST_FILE, PICKLE_SUFFIXES, REPORT_DIR, SPLIT_FILE
+from training.artifact.layout import MANIFEST_FILE, PICKLE_SUFFIXES, REPORT_DIR, SPLIT_FILE, readable_by_all
 
 SCHEMA_VERSION = 1
 # Formats that can execute code on load; an artifact holding any of them is refused.
@@ -75,6 +75,31 @@ class AttackLabels(_Strict):
 Labels = Annotated[CvssLabels | AttackLabels, Field(discriminator="kind")]
 
 
+class ConformalParams(_Strict):
+    """One field's split-conformal set rule (RAPS; APS when lam = 0): rank the labels by calibrated
+    probability and keep them while cumulative probability + lam * max(0, rank - k_reg) <= qhat
+    (the most probable label is always kept)."""
+
+    qhat: float
+    lam: float = 0.0
+    k_reg: int = 1
+
+
+class ConformalLevel(_Strict):
+    coverage: float = Field(description="Target probability that the set holds the true label (1 - alpha)")
+    fields: dict[str, ConformalParams] = Field(description="'technique', or each CVSS metric key")
+
+
+class Conformal(_Strict):
+    method: str = Field(description="How the sets are built")
+    calibration: str = Field(description="The out-of-sample data the thresholds were fitted on")
+    n_calibration: int
+    levels: list[ConformalLevel]
+
+    def level(self, coverage: float) -> ConformalLevel | None:
+        return next((lv for lv in self.levels if abs(lv.coverage - coverage) < 1e-9), None)
+
+
 class BaseModelRef(_Strict):
     name_or_path: str
     weights_sha256: str | None = Field(None, description="sha256 over the base safetensors, when local")
@@ -102,6 +127,7 @@ class Manifest(_Strict):
     max_input_tokens: int = Field(description="Inputs are truncated to this many tokens before templating")
     labels: Labels
     temperature: float = Field(1.0, description="Calibration temperature applied to logits")
+    conformal: Conformal | None = Field(None, description="Prediction-set thresholds, per offered coverage")
     hyperparameters: dict[str, Any]
     training_data: TrainingData
     metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics")
@@ -202,10 +228,10 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; artifacts are shared read-only data
     try:
         write_files(staging)
         _check_no_pickles(staging)
+        readable_by_all(staging)
         final = manifest.model_copy(update={"files": _hashed_files(staging)})
         with (staging / MANIFEST_FILE).open("w") as fh:
             fh.write(final.model_dump_json(indent=2))

@@ -322,9 +322,9 @@ def compose_check(checks: dict) -> None:
     project = ["-p", "secclf-image-test", "-f", str(REPO / "docker-compose.yml")]
     # the image is already built: tag it with the name compose expects
     engine("tag", IMAGE, "localhost/secclf:cpu", "secclf:cpu", check=False)
-    up = [*cmd, *project, "--profile", "cpu", "up", "-d", "--no-build", "secclf-cpu", "prometheus"]
-    if compose:  # podman-compose: no --no-build
-        up = [*cmd, *project, "--profile", "cpu", "up", "-d", "secclf-cpu", "prometheus"]
+    # podman-compose 1.0 has no --profile; naming the services starts the same two
+    profile = [] if compose else ["--profile", "cpu"]
+    up = [*cmd, *project, *profile, "up", "-d", *([] if compose else ["--no-build"]), "secclf-cpu", "prometheus"]
     try:
         sh(*up, env=env, cwd=REPO)
         with httpx.Client(timeout=30) as c:
@@ -337,26 +337,32 @@ def compose_check(checks: dict) -> None:
                     pass
                 time.sleep(3)
             auth = {"Authorization": f"Bearer {KEY}"}
-            for _ in range(5):
+            targets, p95 = [], {}
+            routes = {"/classify/attack", "/classify/cvss"}
+            t0 = time.time()
+            # traffic between scrapes (every 15 s), until rate() over two scrapes gives each route a p95
+            while time.time() - t0 < 240 and not (any(t["health"] == "up" for t in targets) and routes <= set(p95)):
                 c.post("http://127.0.0.1:8000/classify/attack", json={"text": REPORT}, headers=auth, timeout=120)
                 c.post("http://127.0.0.1:8000/classify/cvss", json={"description": CVE}, headers=auth, timeout=120)
-            targets, p95 = [], []
-            t0 = time.time()
-            while time.time() - t0 < 120 and not (any(t["health"] == "up" for t in targets) and p95):
                 time.sleep(5)
                 try:
                     targets = c.get("http://127.0.0.1:9090/api/v1/targets").json()["data"]["activeTargets"]
-                    p95 = c.get(PROMETHEUS_QUERY_URL, params={"query": P95_BY_ROUTE}).json()["data"]["result"]
+                    result = c.get(PROMETHEUS_QUERY_URL, params={"query": P95_BY_ROUTE}).json()["data"]["result"]
                 except (httpx.HTTPError, KeyError, ValueError):
                     continue
+                p95 = {
+                    r["metric"].get("route"): float(r["value"][1])
+                    for r in result
+                    if r["value"][1] not in ("NaN", "+Inf")
+                }
         checks["compose"] = {
             "targets": {t["scrapeUrl"]: t["health"] for t in targets},
-            "p95_seconds_by_route": {r["metric"].get("route"): float(r["value"][1]) for r in p95},
+            "p95_seconds_by_route": p95,
             "grafana": "not started: no Grafana package here; its dashboard is checked statically",
         }
-        assert any(t["health"] == "up" for t in targets) and p95, checks["compose"]
+        assert any(t["health"] == "up" for t in targets) and routes <= set(p95), checks["compose"]
     finally:
-        sh(*cmd, *project, "--profile", "cpu", "down", env=env, cwd=REPO, check=False)
+        sh(*cmd, *project, *profile, "down", env=env, cwd=REPO, check=False)
 
 
 def main() -> int:

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import REPO, ServerProcess, free_port
+from training.artifact.layout import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 # The last commit whose ATT&CK route ran the torch micro-batcher (service/batching.py)
@@ -58,9 +61,18 @@ def microbatcher_service(artifact: Path, port: int | None = None) -> Iterator[Se
         check=True,
         capture_output=True,
     )
+    # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`
+    # and the base model's `revision` (unset here).
+    legacy = tmp / "artifact"
+    shutil.copytree(artifact, legacy)
+    manifest = json.loads((legacy / MANIFEST_FILE).read_text())
+    manifest.pop("conformal", None)
+    if manifest["base_model"].get("revision") is None:
+        manifest["base_model"].pop("revision", None)
+    (legacy / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     env = {
         "SECCLF_CVSS_ARTIFACT": "",
-        "SECCLF_ATTACK_ARTIFACT": str(artifact),
+        "SECCLF_ATTACK_ARTIFACT": str(legacy),
         "SECCLF_BASE_MODEL": str(REPO / "models" / "smollm2-135m"),
     }
     server = ServerProcess(["-m", "service"], env, tmp / "service.log", port=port, cwd=worktree)

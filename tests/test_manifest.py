@@ -124,3 +124,11 @@ def test_base_weights_hash_refuses_a_folder_it_cannot_read(tmp_path):
     (tmp_path / "base").mkdir()
     with pytest.raises(PermissionError, match="not readable"):
         weights_hash(str(tmp_path / "base"))
+
+
+def test_committed_defaults_load_and_are_named_for_their_folders():
+    """Responses carry the manifest's name (`model.name`); a refit written under another name must not ship."""
+    from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
+
+    for folder in (DEFAULT_CVSS, DEFAULT_ATTACK):
+        assert load_manifest(folder).name == folder.name

@@ -185,12 +185,9 @@ def compare(examples: list, repeats: int) -> dict:
             cut = truncate(model.tokenizer, examples[i].description, model.manifest.max_input_tokens)[0]
 
             async def one(m, prompt, sp, allowed):
-                final = None
-                async for out in model.engine.generate(
-                    prompt, sp, request_id=f"seed-{i}-{m.key}-{time.time_ns()}", lora_request=seed_lora
-                ):
-                    final = out
-                return list(m.values)[allowed.index(final.outputs[0].text)]
+                ids = model.tokenizer.encode(prompt, add_special_tokens=False)  # as seed training encoded it
+                completion = await model.generate(ids, sp, lora_request=seed_lora)
+                return list(m.values)[allowed.index(completion.text)]
 
             values = await asyncio.gather(
                 *(

@@ -141,12 +141,19 @@ class CvssModel(VllmModel[CvssResult]):
         return result
 
     async def predict(self, prompt_ids: list[int], adapter: str = DEFAULT_ADAPTER):
+        return await self.generate(prompt_ids, self._params, self.lora_request(adapter))
+
+    async def generate(self, prompt_ids: list[int], params, lora_request=None):
+        """One completion from the engine with the caller's sampling parameters and LoRA (None: the base
+        or the folded default); `predict` uses it with the label grammar, benchmarks with their own."""
         from vllm.inputs import TokensPrompt
 
-        lora = self.lora_request(adapter)
         final = await self.final_output(
             lambda: self.engine.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), self._params, request_id=self.request_id(), lora_request=lora
+                TokensPrompt(prompt_token_ids=prompt_ids),
+                params,
+                request_id=self.request_id(),
+                lora_request=lora_request,
             )
         )
         return final.outputs[0]

@@ -132,3 +132,27 @@ def test_committed_defaults_load_and_are_named_for_their_folders():
 
     for folder in (DEFAULT_CVSS, DEFAULT_ATTACK):
         assert load_manifest(folder).name == folder.name
+
+
+def test_base_folder_check_covers_tokenizer_and_config(tmp_path, base_model):
+    """A base folder with the same weights and another tokenizer is refused: the model would read other ids."""
+    import shutil
+
+    from tests.conftest import DEFAULT_CVSS
+    from training.artifact.base_model import files_hash
+    from training.artifact.loading import base_for
+
+    manifest = load_manifest(DEFAULT_CVSS)
+    assert manifest.base_model.files_sha256 == files_hash(str(base_model))  # setup rebuilt the same files
+    copy = tmp_path / "base"
+    copy.mkdir()
+    for f in base_model.iterdir():
+        (copy / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy2(f, copy / f.name)
+    pinned = manifest.model_copy(
+        update={"base_model": manifest.base_model.model_copy(update={"name_or_path": str(copy)})}
+    )
+    assert base_for(pinned) == str(copy)
+    cfg = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**cfg, "pad_token": "<|endoftext|>"}))
+    with pytest.raises(ArtifactError, match="config and tokenizer files"):
+        base_for(pinned)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.artifact.base_model import resolve_base_model, revision_of, weights_hash
+from training.artifact.base_model import files_hash, resolve_base_model, revision_of, weights_hash
 from training.artifact.layout import ADAPTER_FILE
 from training.artifact.manifest import BaseModelRef, Manifest, TrainingData, library_versions, now_iso
 
@@ -22,7 +22,11 @@ def base_ref(base: str) -> BaseModelRef:
     if cfg.is_file():
         arch = (json.loads(cfg.read_text()).get("architectures") or [None])[0]
     return BaseModelRef(
-        name_or_path=str(base), weights_sha256=weights_hash(path), revision=revision_of(path), architecture=arch
+        name_or_path=str(base),
+        weights_sha256=weights_hash(path),
+        files_sha256=files_hash(path),
+        revision=revision_of(path),
+        architecture=arch,
     )
 
 

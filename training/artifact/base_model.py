@@ -89,11 +89,26 @@ def weights_hash(name_or_path: str) -> str | None:
     return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
+def files_hash(name_or_path: str) -> str | None:
+    """sha256 over every other file of the base folder (config, tokenizer, templates; recursively, hidden
+    paths skipped): with `weights_hash`, the whole folder. A changed tokenizer changes what the model
+    reads as much as changed weights do. None for a hub id not on disk."""
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return None
+
+    def counted(f: Path) -> bool:
+        return f.is_file() and f.suffix != ".safetensors" and not any(x.startswith(".") for x in f.relative_to(p).parts)
+
+    files = sorted(f for f in p.rglob("*") if counted(f))
+    return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files), str(p))
+
+
 @functools.lru_cache(maxsize=64)
-def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+def _digest(files: tuple[tuple[str, int, int], ...], root: str | None = None) -> str:
     h = hashlib.sha256()
     for path, _, _ in files:
-        h.update(Path(path).name.encode())
+        h.update((Path(path).relative_to(root).as_posix() if root else Path(path).name).encode())
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

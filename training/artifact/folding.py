@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.artifact.base_model import revision_of, weights_hash
+from training.artifact.base_model import files_hash, revision_of, weights_hash
 from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE, readable_by_all
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
@@ -37,6 +37,8 @@ def folded_inputs(base: str, manifest: Manifest) -> dict:
     """What a folded checkpoint is built from: full hashes (and the temperature folded into a head)."""
     base_hash = weights_hash(base) or manifest.base_model.weights_sha256
     inputs = {"task": manifest.task, "base_sha256": base_hash, "adapter_sha256": manifest.files.get(ADAPTER_FILE)}
+    if base_files := files_hash(base) or manifest.base_model.files_sha256:  # the fold copies its tokenizer
+        inputs["base_files_sha256"] = base_files
     if revision_of(base):
         inputs["base_revision"] = revision_of(base)
     if manifest.task == "attack":

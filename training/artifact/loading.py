@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from training.artifact.base_model import resolve_base_model, revision_of, weights_hash
+from training.artifact.base_model import files_hash, resolve_base_model, revision_of, weights_hash
 from training.artifact.layout import HEAD_FILE
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
@@ -41,13 +41,17 @@ def load_tokenizer(base: str):
 def base_for(manifest: Manifest, override: str | None = None, check_hash: bool = True) -> str:
     """The base model folder/id for an artifact; a local default is checked against its recorded hash."""
     base = resolve_base_model(override or manifest.base_model.name_or_path)
-    if check_hash and override is None and manifest.base_model.weights_sha256 and Path(base).is_dir():
-        got = weights_hash(base)
-        if got != manifest.base_model.weights_sha256:
-            raise ArtifactError(
-                f"base model {base} does not match the artifact's weights hash "
-                f"({got} != {manifest.base_model.weights_sha256}); was it trained on another base?"
-            )
+    if check_hash and override is None and Path(base).is_dir():
+        recorded = manifest.base_model
+        for what, want, got in (
+            ("weights", recorded.weights_sha256, weights_hash),
+            ("config and tokenizer files", recorded.files_sha256, files_hash),
+        ):
+            if want and (have := got(base)) != want:
+                raise ArtifactError(
+                    f"base model {base} does not match the artifact's hash of its {what} "
+                    f"({have} != {want}); was it trained on another base?"
+                )
     return base
 
 

@@ -73,8 +73,9 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
         raw = manifest.model_copy(update={"temperature": 1.0})
         _, probs = evaluate_cvss_model(model, load_tokenizer(base), raw, val_ex)
         held = heldout.cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(manifest))
-    if held.ids != [e.cve_id for e in val_ex]:
+    if sorted(held.ids) != sorted(split.validation_ids):  # same CVEs; training keeps them in its own order
         raise ArtifactError(f"{artifact}: kept validation scores do not match split.json")
+    val_ex = [by_id[i] for i in held.ids]
     conformal, report = _conformal(held, manifest.labels, manifest.temperature, train_ex, val_ex)
     return held, conformal, report
 

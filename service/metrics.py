@@ -68,9 +68,10 @@ ABSTAINED = Counter(
 )
 SET_SIZE = Histogram(
     "secclf_prediction_set_size",
-    "Labels in a prediction set (requests with coverage); growing sets mean less certain answers",
+    "Labels in a prediction set (requests with coverage; CVSS: field 'vector' counts whole vectors, the "
+    "metric fields their values); growing sets mean less certain answers",
     ["model", "field", "coverage"],
-    buckets=(1, 2, 3, 5, 10, 20, 50, 100, 216),
+    buckets=(1, 2, 3, 5, 10, 20, 50, 100, 216, 500, 1000, 2592),
     registry=REGISTRY,
 )
 MODEL_INFO = Info("secclf_model", "Loaded artifacts", ["task"], registry=REGISTRY)

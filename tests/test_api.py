@@ -232,7 +232,7 @@ def test_drift_metrics_follow_the_answers(client):
 
 
 def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(client):
-    from training.artifact.conformal import prediction_set
+    from training.artifact.conformal import VectorSet, prediction_set
     from training.artifact.manifest import load_manifest
 
     attack_levels = {lv.coverage: lv for lv in load_manifest(DEFAULT_ATTACK).conformal.levels}
@@ -251,13 +251,15 @@ def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(clie
     plain = client.post("/classify/cvss", json={"description": CVE}).json()
     assert "base_score_range" not in plain and all("prediction_set" not in m for m in plain["metrics"].values())
     r = client.post("/classify/cvss", json={"description": CVE, "coverage": 0.9}).json()
+    probs = {key: metric["probabilities"] for key, metric in r["metrics"].items()}
+    labels = client.app.state.models.cvss.labels
+    expected = VectorSet(labels, probs, cvss_levels[0.9].vector_nll)
+    assert expected.size > 1, "the fake's probabilities should give a set of several vectors"
     for key, metric in r["metrics"].items():
-        values = list(metric["probabilities"])
-        chosen = prediction_set([metric["probabilities"][v] for v in values], cvss_levels[0.9].fields[key])
-        assert metric["prediction_set"] == [values[i] for i in chosen]
+        assert metric["prediction_set"] == expected.sets[key]
         assert metric["prediction_set"][0] == metric["value"]
-    low, high = r["base_score_range"]
-    assert low <= r["base_score"] <= high
+    assert tuple(r["base_score_range"]) == expected.base_score_range
+    assert r["base_score_range"][0] <= r["base_score"] <= r["base_score_range"][1]
 
     for route, body in (("/classify/attack", {"text": TEXT}), ("/classify/cvss", {"description": CVE})):
         bad = client.post(route, json={**body, "coverage": 0.95})
@@ -268,3 +270,4 @@ def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(clie
     metrics = client.get("/metrics").text
     assert 'secclf_prediction_set_size_count{coverage="0.8",field="technique",model="attack"}' in metrics
     assert 'secclf_prediction_set_size_count{coverage="0.9",field="AV",model="cvss"}' in metrics
+    assert 'secclf_prediction_set_size_count{coverage="0.9",field="vector",model="cvss"}' in metrics

@@ -280,22 +280,26 @@ def _evaluate(task: str, data) -> list[dict]:
 
 
 def _check_served_sets(results: list[dict], truth: list[dict[str, str]]) -> None:
-    """The served sets are the manifest's thresholds applied to the served probabilities. These CVEs fitted
-    the thresholds (on transformers' probabilities, which the served ones match to < 0.02), so each metric
-    covers them at the target less the issue's 0.03 tolerance."""
-    from training.artifact.conformal import prediction_set
+    """The served sets are the manifest's vector threshold applied to the served probabilities. These CVEs
+    fitted the threshold (on transformers' probabilities, which the served ones match to < 0.02), so the
+    sets hold the true vector, and the range its base score, at the target less the issue's 0.03."""
+    from training.artifact.conformal import VectorSet
     from training.artifact.manifest import load_manifest
+    from training.artifact.scoring import score_vector
 
-    [level] = [lv for lv in load_manifest(DEFAULT_CVSS).conformal.levels if lv.coverage == 0.9]
-    for key, params in level.fields.items():
-        hits = 0
-        for res, t in zip(results, truth, strict=True):
-            metric = res["metrics"][key]
-            values = list(metric["probabilities"])
-            chosen = prediction_set([metric["probabilities"][v] for v in values], params)
-            assert metric["prediction_set"] == [values[i] for i in chosen]
-            hits += t[key] in metric["prediction_set"]
-        assert hits / len(results) >= 0.87, (key, hits / len(results))
+    manifest = load_manifest(DEFAULT_CVSS)
+    [level] = [lv for lv in manifest.conformal.levels if lv.coverage == 0.9]
+    vectors, scores = 0, 0
+    for res, t in zip(results, truth, strict=True):
+        expected = VectorSet(
+            manifest.labels, {k: m["probabilities"] for k, m in res["metrics"].items()}, level.vector_nll
+        )
+        assert {k: m["prediction_set"] for k, m in res["metrics"].items()} == expected.sets
+        assert tuple(res["base_score_range"]) == expected.base_score_range
+        vectors += expected.contains(t)
+        low, high = res["base_score_range"]
+        scores += low <= score_vector(manifest.labels.vector(t))[0] <= high
+    assert vectors / len(results) >= 0.87 and scores / len(results) >= 0.87, (vectors, scores, len(results))
     assert all(r["base_score_range"][0] <= r["base_score"] <= r["base_score_range"][1] for r in results)
 
 

@@ -2,11 +2,11 @@
 temperature: the conformal thresholds an artifact ships with their coverage, and the precision/coverage
 table that tells a user which `min_confidence` to pick.
 
-ATT&CK: calibrated on the pooled out-of-fold probabilities of every threat group. Coverage is reported
-per held-out group: group g's sets use a temperature, a RAPS penalty and a threshold fitted on the other
-groups only (a new group is exactly what users send). CVSS: one APS threshold per metric on the
-validation CVEs; coverage is cross-fitted by halves (each half's sets use the other half's thresholds).
-TF-IDF + LR sets are built the same way beside them.
+ATT&CK: calibrated on the out-of-fold probabilities of every threat group, each group weighing the same
+(a new group is exactly what users send). Coverage is reported per held-out group: group g's sets use a
+temperature, a RAPS penalty and a threshold fitted on the other groups only. CVSS: one threshold on the
+vector NLL of the validation CVEs; coverage is cross-fitted by halves (each half's sets use the other
+half's temperature and threshold). TF-IDF + LR sets are built the same way beside them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 
-from training.artifact.conformal import covered, fit_params, set_sizes
+from training.artifact.conformal import (
+    VectorSet,
+    covered,
+    fit_params,
+    fit_vector_nll,
+    group_weights,
+    set_sizes,
+    vector_covered,
+)
 from training.artifact.manifest import Conformal, ConformalLevel, CvssLabels
-from training.artifact.scoring import base_score_range, score_vector
+from training.artifact.scoring import score_vector
 from training.calibrate import fit_temperature
 from training.heldout import AttackHeldout, CvssHeldout
 from training.metrics import precision_coverage
@@ -36,8 +44,11 @@ def _coverage(alpha: float) -> float:
     return round(1 - alpha, 6)
 
 
-def choose_raps(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray, alpha: float) -> tuple[float, int]:
-    """(lam, k_reg) with the smallest mean set size when each group (fold) is held out in turn."""
+def choose_raps(
+    probs: np.ndarray, targets: np.ndarray, groups: np.ndarray, alpha: float, weighted: bool = False
+) -> tuple[float, int]:
+    """(lam, k_reg) with the smallest mean set size when each group (fold) is held out in turn; with
+    `weighted`, thresholds weigh every remaining group the same."""
     groups = np.asarray(groups)
     uniq = np.unique(groups)
     if len(uniq) < 2:
@@ -47,11 +58,15 @@ def choose_raps(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray, alph
         sizes = []
         for g in uniq:
             held = groups == g
-            params = fit_params(probs[~held], targets[~held], alpha, lam, k)
+            params = _fit_raps(probs[~held], targets[~held], groups[~held], alpha, lam, k, weighted)
             sizes.append(set_sizes(probs[held], params).mean())
         return float(np.mean(sizes))
 
     return min(RAPS_GRID, key=lambda c: (mean_size(*c), c[0]))
+
+
+def _fit_raps(probs, targets, groups, alpha, lam, k, weighted: bool):
+    return fit_params(probs, targets, alpha, lam, k, group_weights(groups) if weighted else None)
 
 
 def _set_summary(cov: np.ndarray, sizes: np.ndarray) -> dict[str, float]:
@@ -63,16 +78,13 @@ def attack_conformal(held: AttackHeldout, temperature: float, baseline_logprobs:
     probs = softmax(held.logits / temperature, axis=1)
     levels = []
     for alpha in ALPHAS:
-        lam, k = choose_raps(probs, held.targets, held.groups, alpha)
-        levels.append(
-            ConformalLevel(
-                coverage=_coverage(alpha),
-                fields={ATTACK_FIELD: fit_params(probs, held.targets, alpha, lam, k)},
-            )
-        )
+        lam, k = choose_raps(probs, held.targets, held.groups, alpha, weighted=True)
+        params = _fit_raps(probs, held.targets, held.groups, alpha, lam, k, weighted=True)
+        levels.append(ConformalLevel(coverage=_coverage(alpha), fields={ATTACK_FIELD: params}))
     conformal = Conformal(
         method="RAPS over temperature-scaled probabilities (APS when lam = 0); the top technique is always kept",
-        calibration=f"out-of-fold logits of every threat group ({', '.join(np.unique(held.groups))})",
+        calibration=f"out-of-fold logits of every threat group ({', '.join(np.unique(held.groups))}), "
+        "each group weighing the same",
         n_calibration=len(held.targets),
         levels=levels,
     )
@@ -106,8 +118,8 @@ def _attack_group_coverage(logits: np.ndarray, targets: np.ndarray, groups: np.n
             held = groups == g
             t = fit_temperature(logits[~held], targets[~held]) if calibrate else 1.0
             probs = softmax(logits / t, axis=1)
-            lam, k = choose_raps(probs[~held], targets[~held], groups[~held], alpha)
-            params = fit_params(probs[~held], targets[~held], alpha, lam, k)
+            lam, k = choose_raps(probs[~held], targets[~held], groups[~held], alpha, weighted=True)
+            params = _fit_raps(probs[~held], targets[~held], groups[~held], alpha, lam, k, weighted=True)
             cov, size = covered(probs[held], targets[held], params), set_sizes(probs[held], params)
             per_group[str(g)] = {**_set_summary(cov, size), "lam": lam, "k_reg": k}
             covs.append(cov)
@@ -133,16 +145,14 @@ def cvss_conformal(
     baseline_probs: dict[str, np.ndarray] | None = None,
 ):
     """(the manifest's Conformal, a report of coverage cross-fitted by halves, model and baseline)."""
-    probs = {k: softmax(lp / temperature, axis=1) for k, lp in held.logprobs.items()}
+    logprobs = _scaled(held.logprobs, temperature)
     levels = [
-        ConformalLevel(
-            coverage=_coverage(alpha),
-            fields={m.key: _fit_chosen(probs[m.key], held.targets[m.key], alpha) for m in labels.metrics},
-        )
+        ConformalLevel(coverage=_coverage(alpha), vector_nll=fit_vector_nll(logprobs, held.targets, alpha))
         for alpha in ALPHAS
     ]
     conformal = Conformal(
-        method="RAPS per metric over temperature-scaled probabilities (APS when lam = 0); the top value is always kept",
+        method="the CVSS vectors whose NLL over temperature-scaled probabilities is at most the threshold "
+        "(the most probable vector always); per metric, the values that occur in them",
         calibration=f"the {len(held.ids)} validation CVEs",
         n_calibration=len(held.ids),
         levels=levels,
@@ -158,10 +168,8 @@ def cvss_conformal(
     return conformal, report
 
 
-def _fit_chosen(probs: np.ndarray, targets: np.ndarray, alpha: float):
-    """RAPS with the penalty chosen on two interleaved folds of the rows (CVSS has no groups)."""
-    lam, k = choose_raps(probs, targets, np.arange(len(targets)) % 2, alpha)
-    return fit_params(probs, targets, alpha, lam, k)
+def _scaled(logprobs: dict[str, np.ndarray], temperature: float) -> dict[str, np.ndarray]:
+    return {k: log_softmax(lp / temperature, axis=1) for k, lp in logprobs.items()}
 
 
 def _cvss_abstention(held: CvssHeldout, halves: np.ndarray) -> list[dict[str, float]]:
@@ -198,42 +206,47 @@ def _cvss_halves_coverage(
     halves: np.ndarray,
     calibrate: bool,
 ) -> dict:
-    """Each half's sets come from a temperature (with `calibrate`) and thresholds fitted on the other half."""
+    """Each half's sets come from a temperature (with `calibrate`) and a threshold fitted on the other half."""
     keys = [m.key for m in labels.metrics]
     values = {m.key: list(m.values) for m in labels.metrics}
+    n = len(halves)
     out = {}
     for alpha in ALPHAS:
-        cov = {k: np.zeros(len(halves), bool) for k in keys}
-        size = {k: np.zeros(len(halves)) for k in keys}
+        cov, size, in_range, width = np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), np.zeros(n)
+        metric_cov = {k: np.zeros(n, bool) for k in keys}
+        metric_size = {k: np.zeros(n) for k in keys}
         for h in np.unique(halves):
             test = halves == h
             fit = ~test if len(np.unique(halves)) > 1 else test
             t = cvss_temperature(logprobs, targets, fit) if calibrate else 1.0
-            for k in keys:
-                params = _fit_chosen(softmax(logprobs[k][fit] / t, axis=1), targets[k][fit], alpha)
-                p_test = softmax(logprobs[k][test] / t, axis=1)
-                cov[k][test] = covered(p_test, targets[k][test], params)
-                size[k][test] = set_sizes(p_test, params)
-        # The base-score range each row's sets allow (a set is a prefix of the ranking, which the
-        # temperature does not change), and whether it holds the true score.
-        in_range, widths = [], []
-        for i in range(len(halves)):
-            sets = {}
-            for k in keys:
-                order = np.argsort(-logprobs[k][i], kind="stable")[: int(size[k][i])]
-                sets[k] = [values[k][j] for j in order]
-            lo, hi = base_score_range(labels, sets)
-            true = score_vector(labels.vector({k: values[k][targets[k][i]] for k in keys}))[0]
-            in_range.append(lo <= true <= hi)
-            widths.append(hi - lo)
+            scaled = _scaled(logprobs, t)
+            q = fit_vector_nll({k: lp[fit] for k, lp in scaled.items()}, {k: y[fit] for k, y in targets.items()}, alpha)
+            cov[test] = vector_covered(
+                {k: lp[test] for k, lp in scaled.items()}, {k: y[test] for k, y in targets.items()}, q
+            )
+            for i in np.where(test)[0]:
+                vs = VectorSet(labels, {k: dict(zip(values[k], np.exp(scaled[k][i]), strict=True)) for k in keys}, q)
+                truth = {k: values[k][targets[k][i]] for k in keys}
+                true_score = score_vector(labels.vector(truth))[0]
+                size[i] = vs.size
+                lo, hi = vs.base_score_range
+                in_range[i], width[i] = lo <= true_score <= hi, hi - lo
+                for k in keys:
+                    metric_cov[k][i] = truth[k] in vs.sets[k]
+                    metric_size[k][i] = len(vs.sets[k])
         out[str(_coverage(alpha))] = {
-            "mean_over_metrics": {
-                "coverage": float(np.mean([cov[k].mean() for k in keys])),
-                "mean_set_size": float(np.mean([size[k].mean() for k in keys])),
+            "vector": {
+                "n": n,
+                "coverage": float(cov.mean()),
+                "mean_set_size": float(size.mean()),
+                "median_set_size": float(np.median(size)),
             },
-            "per_metric": {k: _set_summary(cov[k], size[k]) for k in keys},
-            "all_metrics_covered": float(np.mean(np.all([cov[k] for k in keys], axis=0))),
-            "base_score_in_range": float(np.mean(in_range)),
-            "mean_base_score_range_width": float(np.mean(widths)),
+            "base_score_in_range": float(in_range.mean()),
+            "mean_base_score_range_width": float(width.mean()),
+            "mean_over_metrics": {
+                "coverage": float(np.mean([metric_cov[k].mean() for k in keys])),
+                "mean_set_size": float(np.mean([metric_size[k].mean() for k in keys])),
+            },
+            "per_metric": {k: _set_summary(metric_cov[k], metric_size[k]) for k in keys},
         }
     return out

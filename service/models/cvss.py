@@ -12,17 +12,17 @@ import math
 from pathlib import Path
 
 from service.engine import on_gpu, start_engine
-from service.exceptions import EngineUnavailable, UnknownAdapter
+from service.exceptions import EngineUnavailable, InvalidInput, UnknownAdapter
 from service.metrics import GENERATED_TOKENS
 from service.models.base import VllmModel
 from service.schemas import CvssMetricResult, CvssResult
 from service.settings import Settings
 from training.artifact.base_model import revision_of
-from training.artifact.conformal import prediction_set
+from training.artifact.conformal import VectorSet
 from training.artifact.encoding import cvss_value_token_ids, sharpen
 from training.artifact.folding import folded_model_dir, reading
 from training.artifact.manifest import ArtifactError, ConformalLevel, CvssLabels, Manifest, load_manifest
-from training.artifact.scoring import base_score_range, score_vector
+from training.artifact.scoring import score_vector
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"
@@ -124,15 +124,21 @@ class CvssModel(VllmModel[CvssResult]):
     def manifest_for(self, adapter: str = DEFAULT_ADAPTER, **_) -> Manifest:
         return self.adapters[adapter][1]
 
+    def conformal_level(self, coverage: float, adapter: str = DEFAULT_ADAPTER, **opts) -> ConformalLevel:
+        level = super().conformal_level(coverage, adapter=adapter, **opts)
+        if level.vector_nll is None:  # per-metric thresholds of an older release
+            raise InvalidInput(
+                f"adapter {adapter!r} has no vector thresholds; its artifact needs `python -m training conformal`"
+            )
+        return level
+
     def add_prediction_set(self, completion, result: CvssResult, level: ConformalLevel):
-        sets = {}
-        for metric in self.labels.metrics:
-            probs = result.metrics[metric.key].probabilities
-            values = list(metric.values)
-            sets[metric.key] = [values[i] for i in prediction_set([probs[v] for v in values], level.fields[metric.key])]
-            result.metrics[metric.key].prediction_set = sets[metric.key]
-        result.base_score_range = base_score_range(self.labels, sets)
-        return [(key, len(values)) for key, values in sets.items()]
+        probs = {key: metric.probabilities for key, metric in result.metrics.items()}
+        vectors = VectorSet(self.labels, probs, level.vector_nll)
+        for key, values in vectors.sets.items():
+            result.metrics[key].prediction_set = values
+        result.base_score_range = vectors.base_score_range
+        return [("vector", vectors.size), *((key, len(values)) for key, values in vectors.sets.items())]
 
     def abstain(self, result: CvssResult, min_confidence: float) -> CvssResult:
         for metric in result.metrics.values():

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.artifact.layout import MANIFEST_FILE, PICKLE_SUFFIXES, REPORT_DIR, SPLIT_FILE, readable_by_all
 
@@ -87,7 +87,20 @@ class ConformalParams(_Strict):
 
 class ConformalLevel(_Strict):
     coverage: float = Field(description="Target probability that the set holds the true label (1 - alpha)")
-    fields: dict[str, ConformalParams] = Field(description="'technique', or each CVSS metric key")
+    fields: dict[str, ConformalParams] = Field(
+        default_factory=dict, description="ATT&CK: the RAPS rule of the 'technique' set"
+    )
+    vector_nll: float | None = Field(
+        None,
+        description="CVSS: the set holds every vector whose negative log-likelihood (sum over metrics of -ln "
+        "calibrated probability) is at most this, and the most probable vector",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ConformalLevel:
+        if bool(self.fields) == (self.vector_nll is not None):
+            raise ValueError("a conformal level holds either per-field RAPS rules or a CVSS vector threshold")
+        return self
 
 
 class Conformal(_Strict):
@@ -103,6 +116,9 @@ class Conformal(_Strict):
 class BaseModelRef(_Strict):
     name_or_path: str
     weights_sha256: str | None = Field(None, description="sha256 over the base safetensors, when local")
+    files_sha256: str | None = Field(
+        None, description="sha256 over the base folder's other files (config, tokenizer), when local"
+    )
     revision: str | None = Field(None, description="Hub commit or tag the base was loaded at, for hub ids")
     architecture: str | None = None
 

@@ -4,9 +4,9 @@ kept apart from `training.metrics` so the service does not import scipy."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
+import numpy as np
 from cvss import CVSS3
 
 from training.artifact.manifest import CvssLabels
@@ -19,12 +19,20 @@ def score_vector(vector: str) -> tuple[float, str]:
     return float(c.scores()[0]), c.severities()[0]
 
 
-def base_score_range(labels: CvssLabels, sets: Mapping[str, Sequence[str]]) -> tuple[float, float]:
-    """(min, max) base score over every vector whose values all lie in their metric's set. Enumerated,
-    not derived from weight orderings: Scope changes the Privileges Required weights."""
+def vector_table(labels: CvssLabels) -> tuple[np.ndarray, np.ndarray]:
+    """Every vector of the label space as value indices [n, metrics] (manifest order), and its base score."""
+    return _vector_table(labels.model_dump_json())  # cached per label space (a model is not hashable)
+
+
+@lru_cache(maxsize=8)
+def _vector_table(labels_json: str) -> tuple[np.ndarray, np.ndarray]:
+    labels = CvssLabels.model_validate_json(labels_json)
+    values = [list(m.values) for m in labels.metrics]
+    grid = np.array(list(itertools.product(*(range(len(v)) for v in values))), dtype=np.int64)
     keys = [m.key for m in labels.metrics]
-    scores = [
-        score_vector(labels.vector(dict(zip(keys, combo, strict=True))))[0]
-        for combo in itertools.product(*(sets[k] for k in keys))
-    ]
-    return min(scores), max(scores)
+    scores = np.array(
+        [score_vector(labels.vector({k: v[i] for k, v, i in zip(keys, values, row, strict=True)}))[0] for row in grid]
+    )
+    grid.setflags(write=False)
+    scores.setflags(write=False)
+    return grid, scores

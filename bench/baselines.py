@@ -61,12 +61,13 @@ def microbatcher_service(artifact: Path, port: int | None = None) -> Iterator[Se
         check=True,
         capture_output=True,
     )
-    # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`
-    # and the base model's `revision` (unset here).
+    # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`,
+    # the base model's `revision` (unset here) and its `files_sha256` (SECCLF_BASE_MODEL skips the check).
     legacy = tmp / "artifact"
     shutil.copytree(artifact, legacy)
     manifest = json.loads((legacy / MANIFEST_FILE).read_text())
     manifest.pop("conformal", None)
+    manifest["base_model"].pop("files_sha256", None)
     if manifest["base_model"].get("revision") is None:
         manifest["base_model"].pop("revision", None)
     (legacy / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

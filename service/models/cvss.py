@@ -119,7 +119,7 @@ class CvssModel(VllmModel[CvssResult]):
         return self._lora[adapter]
 
     def top_choices(self, result: CvssResult) -> list[tuple[str, str, float]]:
-        return [(k, f"{k}:{m.value}", m.probabilities[m.value]) for k, m in result.metrics.items()]
+        return [(k, f"{k}:{metric.value}", metric.probabilities[metric.value]) for k, metric in result.metrics.items()]
 
     def manifest_for(self, adapter: str = DEFAULT_ADAPTER, **_) -> Manifest:
         return self.adapters[adapter][1]

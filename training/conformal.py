@@ -218,12 +218,7 @@ def _cvss_halves_coverage(
         for h in np.unique(halves):
             test = halves == h
             fit = ~test if len(np.unique(halves)) > 1 else test
-            t = cvss_temperature(logprobs, targets, fit) if calibrate else 1.0
-            scaled = _scaled(logprobs, t)
-            q = fit_vector_nll({k: lp[fit] for k, lp in scaled.items()}, {k: y[fit] for k, y in targets.items()}, alpha)
-            cov[test] = vector_covered(
-                {k: lp[test] for k, lp in scaled.items()}, {k: y[test] for k, y in targets.items()}, q
-            )
+            scaled, q, cov[test] = _cross_fit(logprobs, targets, fit, test, alpha, calibrate)
             for i in np.where(test)[0]:
                 vs = VectorSet(labels, {k: dict(zip(values[k], np.exp(scaled[k][i]), strict=True)) for k in keys}, q)
                 truth = {k: values[k][targets[k][i]] for k in keys}
@@ -265,13 +260,18 @@ def random_halves_coverage(
     for _ in range(splits):
         fit = np.zeros(n, bool)
         fit[rng.permutation(n)[: n // 2]] = True
-        t = cvss_temperature(logprobs, targets, fit) if calibrate else 1.0
-        scaled = _scaled(logprobs, t)
-        q = fit_vector_nll({k: lp[fit] for k, lp in scaled.items()}, {k: y[fit] for k, y in targets.items()}, alpha)
-        test = ~fit
-        covs.append(
-            vector_covered(
-                {k: lp[test] for k, lp in scaled.items()}, {k: y[test] for k, y in targets.items()}, q
-            ).mean()
-        )
+        covs.append(_cross_fit(logprobs, targets, fit, ~fit, alpha, calibrate)[2].mean())
     return {"splits": splits, "mean_coverage": float(np.mean(covs)), "sd_coverage": float(np.std(covs))}
+
+
+def _cross_fit(logprobs, targets, fit: np.ndarray, test: np.ndarray, alpha: float, calibrate: bool):
+    """T (with `calibrate`) and the vector threshold fitted on the `fit` rows; returns the scaled
+    log-probabilities, the threshold and whether each `test` row's set holds its true vector."""
+    t = cvss_temperature(logprobs, targets, fit) if calibrate else 1.0
+    scaled = _scaled(logprobs, t)
+    q = fit_vector_nll({k: lp[fit] for k, lp in scaled.items()}, {k: y[fit] for k, y in targets.items()}, alpha)
+    return (
+        scaled,
+        q,
+        vector_covered({k: lp[test] for k, lp in scaled.items()}, {k: y[test] for k, y in targets.items()}, q),
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from math import comb
+
 import numpy as np
+import pytest
 from scipy.special import softmax
 
-from training.calibrate import ece, fit_temperature, nll
+from training.calibrate import ece, ece_floor, fit_temperature, nll
 from training.catalogue import catalogue
 
 
@@ -36,3 +39,12 @@ def test_fit_temperature_recovers_scale():
     assert nll(overconfident, targets, t) < nll(overconfident, targets)
     p = softmax(overconfident / t, axis=1)
     assert ece(p.max(1), p.argmax(1) == targets) < 0.03 < ece(softmax(overconfident, 1).max(1), p.argmax(1) == targets)
+
+
+def test_ece_floor_is_the_binning_error_of_a_calibrated_predictor():
+    # Every confidence 0.5 (one bin): a calibrated predictor's ECE is |right/n - 0.5|, right ~ Binomial(n, 0.5).
+    for n in (2, 60):
+        exact = sum(comb(n, k) * 0.5**n * abs(k / n - 0.5) for k in range(n + 1))
+        assert ece_floor([0.5] * n, draws=20000) == pytest.approx(exact, abs=0.008)  # 4 standard errors
+    # Larger samples bin more accurately; the floor falls like 1/sqrt(n).
+    assert ece_floor([0.5] * 600, draws=1000) == pytest.approx(ece_floor([0.5] * 60, draws=1000) / 10**0.5, rel=0.1)

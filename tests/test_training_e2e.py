@@ -76,6 +76,15 @@ def _train_attack(out, cti_hal, *args: str):
     )
 
 
+def _flat(tree, prefix: str = "") -> dict:
+    """Nested dicts/lists as one {path: leaf} dict (pytest.approx compares flat ones)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flat(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
 def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
     r = _train_attack(out, cti_hal, "--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2")
@@ -89,10 +98,21 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
     assert sorted(g for f in split["cv_folds"] for g in f) == groups  # each held out exactly once
     assert split["temperature_fit_groups"] == groups and m.temperature == pytest.approx(m.metrics["temperature"])
     assert m.metrics["best_epoch"] in (1, 2) and set(m.metrics["heldout_top1_by_epoch"]) == {"1", "2"}
-    for k in ("top1", "top5", "ece_calibrated"):
+    for k in ("top1", "top5", "ece_calibrated", "ece_calibrated_floor"):
         vals = [m.metrics["per_group"][g][k] for g in groups]
         assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)
         assert k in m.metrics["tfidf_logreg"]["mean"]
+
+    # Refitting from the kept out-of-fold logits reproduces what training wrote
+    r = _cli("conformal", "--artifact", str(out), "--data", str(cti_hal), "--out", str(tmp_path / "refit"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    refit = load_manifest(tmp_path / "refit")
+    for key in ("mean", "per_group", "tfidf_logreg", "conformal"):
+        got, want = _flat(refit.metrics[key]), _flat(m.metrics[key])
+        floats = {k for k, v in want.items() if isinstance(v, float)}
+        assert {k: got[k] for k in floats} == pytest.approx({k: want[k] for k in floats}, rel=1e-4, nan_ok=True), key
+        assert {k: v for k, v in got.items() if k not in floats} == {k: v for k, v in want.items() if k not in floats}
+    assert refit.conformal == m.conformal
 
     # Nothing unseen left in CTI-HAL: evaluate reports the out-of-fold figures and says so
     r = _cli("evaluate", "--task", "attack", "--artifact", str(out), "--data", str(cti_hal), "--json")

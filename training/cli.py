@@ -56,7 +56,8 @@ def conformal(
     data: Annotated[list[Path], typer.Option(help="Its training data (baseline sets; CVSS validation CVEs)")],
     out: Annotated[Path | None, typer.Option(help="Artifact folder to write (default: in place)")] = None,
 ) -> None:
-    """Fit an artifact's prediction-set thresholds on its held-out scores (training does this itself now)."""
+    """Fit an artifact's prediction-set thresholds on its held-out scores (training does this itself now);
+    ATT&CK: recompute its cross-group metrics from the same scores."""
     import json
 
     from training.refit import refit_conformal

@@ -219,6 +219,7 @@ def format_report(report: dict) -> str:
             "nll_calibrated",
             "ece_uncalibrated",
             "ece_calibrated",
+            "ece_calibrated_floor",
             "ece_calibrated_crossfit",
             "n_calibration_scored",
         ]

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import softmax
 
 from training.artifact.scoring import score_vector
-from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, nll
+from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, ece_floor, nll
 
 
 def cvss_metrics(
@@ -60,6 +60,8 @@ def attack_metrics(
         "nll_calibrated": nll(logits, targets, temperature),
         "ece_uncalibrated": ece(p_raw.max(1), top1 == targets),
         "ece_calibrated": ece(p_cal.max(1), top1 == targets),
+        # what a perfectly calibrated model with these confidences would score on this many rows
+        "ece_calibrated_floor": ece_floor(p_cal.max(1)),
         "temperature": float(temperature),
     }
     if folds is not None and len(np.unique(folds)) > 1:

@@ -1,5 +1,7 @@
 """Refit an existing artifact's conformal prediction-set thresholds (what training now does at its end)
-and rewrite it atomically: for artifacts trained before training did, or to audit a shipped one.
+and rewrite it atomically: for artifacts trained before training did, or to audit a shipped one. ATT&CK's
+cross-group metrics are recomputed from the same out-of-fold logits too, so a metric added since the
+artifact was trained appears without retraining (the figures already there come out the same).
 
 ATT&CK refits from the out-of-fold logits the artifact keeps. CVSS uses its kept validation scores, or
 runs the adapter over its validation CVEs once (with transformers) and keeps them from then on.
@@ -28,11 +30,13 @@ def refit_conformal(artifact: Path, data: list[Path], out: Path | None = None) -
     manifest = load_manifest(artifact)
     split = load_split(artifact)
     held = heldout.load(artifact)
+    cross_group: dict = {}
     if manifest.task == "cvss":
         held, conformal, report = _cvss(artifact, manifest, split, held, data)
     else:
-        conformal, report = _attack(manifest, split, held, data)
-    final = manifest.model_copy(update={"conformal": conformal, "metrics": {**manifest.metrics, "conformal": report}})
+        conformal, report, cross_group = _attack(manifest, split, held, data)
+    metrics = {**manifest.metrics, **cross_group, "conformal": report}
+    final = manifest.model_copy(update={"conformal": conformal, "metrics": metrics})
 
     def write(d: Path) -> None:
         for rel in manifest.files:
@@ -82,6 +86,7 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
 
 def _attack(manifest: Manifest, split, held, data: list[Path]):
     from training.attack import attack_examples
+    from training.attack_cv import per_group_metrics, summarize
     from training.baseline import attack_baseline_oof
     from training.conformal import attack_conformal
 
@@ -99,4 +104,11 @@ def _attack(manifest: Manifest, split, held, data: list[Path]):
         raise ArtifactError(
             f"{manifest.name}: --data gives {len(baseline)} held-out rows, the artifact kept {len(held.targets)}"
         )
-    return attack_conformal(held, manifest.temperature, baseline)
+    per_group = per_group_metrics(held.logits, held.targets, held.groups)
+    baseline_per_group = per_group_metrics(baseline, held.targets, held.groups, calibrate=False)
+    cross_group = {
+        **summarize(per_group),
+        "per_group": per_group,
+        "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
+    }
+    return *attack_conformal(held, manifest.temperature, baseline), cross_group

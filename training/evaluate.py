@@ -19,6 +19,7 @@ from training.artifact.loading import (
     pick_dtype,
 )
 from training.artifact.manifest import AttackSplit, CvssSplit, Manifest, load_manifest, load_split
+from training.attack_cv import SUMMARY_KEYS, honest_attack_metrics
 from training.baseline import attack_baseline, cvss_baseline, cvss_majority
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,6 @@ def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, spl
 
 def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -> dict:
     from training.attack import evaluate_attack_model
-    from training.attack_cv import honest_attack_metrics
     from training.catalogue import CATALOGUE_NAME, catalogue
     from training.data import AttackExample, load_cti_hal
     from training.plots import reliability_diagram
@@ -211,18 +211,7 @@ def format_report(report: dict) -> str:
             "ece_calibrated_crossfit",
         ]
         if report["task"] == "cvss"
-        else [
-            "top1",
-            "top5",
-            "macro_f1",
-            "nll_uncalibrated",
-            "nll_calibrated",
-            "ece_uncalibrated",
-            "ece_calibrated",
-            "ece_calibrated_floor",
-            "ece_calibrated_crossfit",
-            "n_calibration_scored",
-        ]
+        else [*SUMMARY_KEYS, "ece_calibrated_crossfit", "n_calibration_scored"]
     )
     cols = [c for c in ("model", "tfidf_logreg", "majority_class") if c in report]
     lines = [

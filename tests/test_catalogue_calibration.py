@@ -42,9 +42,9 @@ def test_fit_temperature_recovers_scale():
 
 
 def test_ece_floor_is_the_binning_error_of_a_calibrated_predictor():
-    # Every confidence 0.5 (one bin): a calibrated predictor's ECE is |right/n - 0.5|, right ~ Binomial(n, 0.5).
-    for n in (2, 60):
-        exact = sum(comb(n, k) * 0.5**n * abs(k / n - 0.5) for k in range(n + 1))
-        assert ece_floor([0.5] * n, draws=20000) == pytest.approx(exact, abs=0.008)  # 4 standard errors
+    # Every confidence c (one bin): a calibrated predictor's ECE is |right/n - c|, right ~ Binomial(n, c).
+    for n, c in ((2, 0.5), (60, 0.5), (10, 0.9)):
+        exact = sum(comb(n, k) * c**k * (1 - c) ** (n - k) * abs(k / n - c) for k in range(n + 1))
+        assert ece_floor([c] * n, draws=20000) == pytest.approx(exact, abs=0.008)  # 4 standard errors
     # Larger samples bin more accurately; the floor falls like 1/sqrt(n).
     assert ece_floor([0.5] * 600, draws=1000) == pytest.approx(ece_floor([0.5] * 60, draws=1000) / 10**0.5, rel=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -103,11 +104,17 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
         assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)
         assert k in m.metrics["tfidf_logreg"]["mean"]
 
-    # Refitting from the kept out-of-fold logits reproduces what training wrote
-    r = _cli("conformal", "--artifact", str(out), "--data", str(cti_hal), "--out", str(tmp_path / "refit"))
+    # Refitting from the kept out-of-fold logits reproduces what training wrote, from the logits alone
+    stripped = tmp_path / "stripped"
+    shutil.copytree(out, stripped)
+    raw = json.loads((stripped / "manifest.json").read_text())
+    for key in ("mean", "std", "per_group", "tfidf_logreg", "conformal"):
+        del raw["metrics"][key]
+    (stripped / "manifest.json").write_text(json.dumps(raw))
+    r = _cli("conformal", "--artifact", str(stripped), "--data", str(cti_hal), "--out", str(tmp_path / "refit"))
     assert r.returncode == 0, r.stderr[-3000:]
     refit = load_manifest(tmp_path / "refit")
-    for key in ("mean", "per_group", "tfidf_logreg", "conformal"):
+    for key in ("mean", "std", "per_group", "tfidf_logreg", "conformal"):
         got, want = _flat(refit.metrics[key]), _flat(m.metrics[key])
         floats = {k for k, v in want.items() if isinstance(v, float)}
         assert {k: got[k] for k in floats} == pytest.approx({k: want[k] for k in floats}, rel=1e-4, nan_ok=True), key
@@ -152,7 +159,6 @@ def test_attack_holdout_evaluate_skips_calibration_on_the_temperature_group(tmp_
 
 
 def test_evaluate_rejects_a_tampered_artifact(tmp_path, cti_vsp):
-    import shutil
 
     art = tmp_path / "a"
     shutil.copytree(DEFAULT_CVSS, art, ignore=shutil.ignore_patterns("report"))

@@ -180,7 +180,9 @@ def train_attack(
     epochs_seen = sorted(e for e in oof if not np.isnan(oof[e][held_mask]).any())  # recorded by every fold
     by_epoch = {e: _mean_top1(oof[e][held_mask], targets_all[held_mask], groups_all[held_mask]) for e in epochs_seen}
     best_epoch = max(epochs_seen, key=lambda e: (by_epoch[e], -e)) if cfg.select_best_epoch else epochs_seen[-1]
-    oof_logits, oof_targets, oof_groups = oof[best_epoch][held_mask], targets_all[held_mask], groups_all[held_mask]
+    # float64 from here on, as `heldout.load` gives them back: a refit then reproduces these metrics exactly
+    oof_logits = oof[best_epoch][held_mask].astype(np.float64)
+    oof_targets, oof_groups = targets_all[held_mask], groups_all[held_mask]
     temperature = pooled_temperature(oof_logits, oof_targets)
     log.info("held-out mean top-1 by epoch %s; keeping epoch %d, T=%.3f", by_epoch, best_epoch, temperature)
 

@@ -29,7 +29,7 @@ from training.artifact.loading import load_tokenizer, new_sequence_classifier, p
 from training.artifact.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
 from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
-from training.attack_cv import per_group_metrics, pooled_temperature, summarize
+from training.attack_cv import cross_group_metrics, pooled_temperature
 from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.conformal import attack_conformal
@@ -186,9 +186,7 @@ def train_attack(
     temperature = pooled_temperature(oof_logits, oof_targets)
     log.info("held-out mean top-1 by epoch %s; keeping epoch %d, T=%.3f", by_epoch, best_epoch, temperature)
 
-    per_group = per_group_metrics(oof_logits, oof_targets, oof_groups)
     baseline_logits = attack_baseline_oof(examples, extra, fold_groups, [t.id for t in labels])
-    baseline_per_group = per_group_metrics(baseline_logits, oof_targets, oof_groups, calibrate=False)
     metrics = {
         "validation": (
             f"held-out group(s) {list(validation_groups)}"
@@ -199,9 +197,7 @@ def train_attack(
         "best_epoch": best_epoch,
         "heldout_top1_by_epoch": by_epoch,
         "temperature": temperature,
-        **summarize(per_group),
-        "per_group": per_group,
-        "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
+        **cross_group_metrics(oof_logits, oof_targets, oof_groups, baseline_logits),
     }
 
     held = heldout.AttackHeldout(oof_logits, oof_targets, oof_groups)

@@ -50,6 +50,17 @@ def summarize(per_group: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
     }
 
 
+def cross_group_metrics(logits: np.ndarray, targets: np.ndarray, groups: Sequence[str], baseline: np.ndarray) -> dict:
+    """The manifest's cross-group block: per-group metrics, their mean and spread, and TF-IDF + LR's."""
+    per_group = per_group_metrics(logits, targets, groups)
+    baseline_per_group = per_group_metrics(baseline, targets, groups, calibrate=False)
+    return {
+        **summarize(per_group),
+        "per_group": per_group,
+        "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
+    }
+
+
 def pooled_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature the shipped model uses: fitted on every group's out-of-fold logits."""
     return fit_temperature(logits, targets)

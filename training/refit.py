@@ -86,7 +86,7 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
 
 def _attack(manifest: Manifest, split, held, data: list[Path]):
     from training.attack import attack_examples
-    from training.attack_cv import per_group_metrics, summarize
+    from training.attack_cv import cross_group_metrics
     from training.baseline import attack_baseline_oof
     from training.conformal import attack_conformal
 
@@ -104,11 +104,5 @@ def _attack(manifest: Manifest, split, held, data: list[Path]):
         raise ArtifactError(
             f"{manifest.name}: --data gives {len(baseline)} held-out rows, the artifact kept {len(held.targets)}"
         )
-    per_group = per_group_metrics(held.logits, held.targets, held.groups)
-    baseline_per_group = per_group_metrics(baseline, held.targets, held.groups, calibrate=False)
-    cross_group = {
-        **summarize(per_group),
-        "per_group": per_group,
-        "tfidf_logreg": {**summarize(baseline_per_group), "per_group": baseline_per_group},
-    }
+    cross_group = cross_group_metrics(held.logits, held.targets, held.groups, baseline)
     return *attack_conformal(held, manifest.temperature, baseline), cross_group

@@ -159,7 +159,6 @@ def test_attack_holdout_evaluate_skips_calibration_on_the_temperature_group(tmp_
 
 
 def test_evaluate_rejects_a_tampered_artifact(tmp_path, cti_vsp):
-
     art = tmp_path / "a"
     shutil.copytree(DEFAULT_CVSS, art, ignore=shutil.ignore_patterns("report"))
     (art / "split.json").write_text("{}")

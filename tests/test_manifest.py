@@ -46,8 +46,33 @@ def test_round_trip(tmp_path):
     assert loaded == written
     assert set(loaded.files) == {"adapter_model.safetensors", "adapter_config.json"}
     assert loaded.render_prompt("{x} y") == "Q: {x} y\nA:"  # braces in input are kept verbatim
-    assert loaded.labels.answer_regex() == " [NALP] [LH] [NLH] [NR] [CU] [HLN] [HLN] [HLN]"
+    assert loaded.labels.answer_regex() == "( N| A| L| P)( L| H)( N| L| H)( N| R)( C| U)( H| L| N)( H| L| N)( H| L| N)"
     assert loaded.labels.answer_text({m.key: next(iter(m.values)) for m in loaded.labels.metrics}).startswith(" N L")
+
+
+def test_word_answers_round_trip_and_drive_the_grammar(tmp_path):
+    """A word-answer artifact carries its words in the manifest; the grammar and answer text use them."""
+    manifest = _manifest().model_copy(update={"labels": cvss_labels("word")})
+    loaded = load_manifest(write_artifact(tmp_path / "art", manifest, _weights) and tmp_path / "art")
+    av = loaded.labels.metrics[0]
+    assert av.answers == {"N": "network", "A": "adjacent", "L": "local", "P": "physical"}
+    assert loaded.labels.answer_regex().startswith(
+        "( network| adjacent| local| physical)( low| high)( none| low| high)"
+    )
+    values = {"AV": "A", "AC": "H", "PR": "L", "UI": "R", "S": "C", "C": "N", "I": "L", "A": "H"}
+    assert loaded.labels.answer_text(values) == " adjacent high low required changed none low high"
+
+
+def test_word_answers_must_match_the_values():
+    from training.artifact.manifest import CvssMetric
+
+    values = {"L": "Low", "H": "High"}
+    with pytest.raises(ValueError, match="must list the values"):
+        CvssMetric(key="AC", name="Attack Complexity", values=values, answers={"H": "high", "L": "low"})
+    with pytest.raises(ValueError, match="share an answer word"):
+        CvssMetric(key="AC", name="Attack Complexity", values=values, answers={"L": "low", "H": "low"})
+    with pytest.raises(ValueError, match="answers must be one of"):
+        cvss_labels("phrase")
 
 
 def test_written_files_are_readable_by_other_users(tmp_path):

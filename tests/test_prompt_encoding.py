@@ -4,6 +4,7 @@ no special tokens, even with a tokenizer that adds a BOS by default (as Llama-3'
 from __future__ import annotations
 
 from tests.conftest import DEFAULT_CVSS
+from training.artifact.manifest import load_manifest
 from training.data import CvssExample
 
 TEXT = "A SQL injection in the login form of Acme Portal allows remote attackers to run SQL commands."
@@ -51,3 +52,23 @@ def test_attack_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_m
     n = int(enc["attention_mask"][0].sum())
     assert not truncated and not cut[0] and tok.bos_token_id not in ids
     assert enc["input_ids"][0, :n].tolist() == ids
+
+
+def test_word_answers_are_one_token_each_and_end_the_training_rows(base_model):
+    """Training appends one token per metric; with word answers that token spells the value's word."""
+    from training.artifact.encoding import cvss_value_token_ids
+    from training.artifact.loading import load_tokenizer
+    from training.cvss import _rows, cvss_labels
+
+    tok = load_tokenizer(str(base_model))
+    labels = cvss_labels("word")
+    ids = cvss_value_token_ids(tok, labels)
+    assert [[tok.decode([i]) for i in metric] for metric in ids][:2] == [
+        [" network", " adjacent", " local", " physical"],
+        [" low", " high"],
+    ]
+    manifest = load_manifest(DEFAULT_CVSS).model_copy(update={"labels": labels})
+    vector = "CVSS:3.1/AV:P/AC:H/PR:L/UI:R/S:C/C:N/I:L/A:H"
+    row = _rows(tok, manifest, [CvssExample("CVE-0000-0001", TEXT, vector, "t")])[0]
+    assert tok.decode(row["input_ids"][-8:]) == " physical high low required changed none low high"
+    assert row["labels"] == [3, 1, 1, 1, 0, 2, 1, 0]  # each value's index in its metric's list

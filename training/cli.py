@@ -111,9 +111,12 @@ def cvss(
         "allowed"
     ),
     best_epoch: Annotated[bool, typer.Option(help="Keep the epoch that scores best on validation")] = True,
+    answers: Annotated[
+        str, typer.Option(help="What the model writes per metric: 'letter' (N) or 'word' (Network)")
+    ] = "letter",
 ) -> None:
     """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""
-    from training.cvss import train_cvss
+    from training.cvss import ANSWER_FORMATS, train_cvss
     from training.data import DataError
 
     _setup_logging()
@@ -133,8 +136,12 @@ def cvss(
     )
     if loss not in ("allowed", "vocab"):
         raise typer.BadParameter("must be 'allowed' or 'vocab'", param_hint="--loss")
+    if answers not in ANSWER_FORMATS:
+        raise typer.BadParameter(f"must be one of {ANSWER_FORMATS}", param_hint="--answers")
     try:
-        m = train_cvss(data, out, base_model, cfg, n_validation, max_input_tokens, limit_train=limit_train)
+        m = train_cvss(
+            data, out, base_model, cfg, n_validation, max_input_tokens, limit_train=limit_train, answers=answers
+        )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e
     typer.echo(m.model_dump_json(include={"name", "version", "metrics"}, indent=2))

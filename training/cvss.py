@@ -1,7 +1,8 @@
 """CVSS: LoRA fine-tune of the causal LM to write the 8 base-metric values after the prompt.
 
-Answer format: the values in metric order, each as " X" (one token each): 8 decode steps,
-against 31 for the full `AV:N/AC:L/...` string. Loss is on the answer tokens only.
+Answer format: the values in metric order, each as one token, " X" (the letter) or " word" (the first
+word of the value's name, `--answers word`): 8 decode steps, against 31 for the full `AV:N/AC:L/...`
+string. Loss is on the answer tokens only. The manifest's labels carry the format to the service.
 """
 
 from __future__ import annotations
@@ -43,18 +44,22 @@ from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process
 log = logging.getLogger(__name__)
 
 
-def cvss_labels() -> CvssLabels:
-    """The CVSS v3.1 base-metric vocabulary, from the `cvss` library's tables."""
-    return CvssLabels(
-        metrics=[
-            CvssMetric(
-                key=k,
-                name=cvss_constants.METRICS_ABBREVIATIONS[k],
-                values=dict(cvss_constants.METRICS_VALUE_NAMES[k]),
-            )
-            for k in BASE_METRICS
-        ]
-    )
+ANSWER_FORMATS = ("letter", "word")
+
+
+def cvss_labels(answers: str = "letter") -> CvssLabels:
+    """The CVSS v3.1 base-metric vocabulary, from the `cvss` library's tables. `answers`: the model
+    writes each value's letter ("N") or the first word of its name in lower case ("network",
+    "adjacent": one token each for SmolLM2, where " Adjacent" is three; a tokenizer that splits one
+    is refused by `cvss_value_token_ids`)."""
+    if answers not in ANSWER_FORMATS:
+        raise ValueError(f"answers must be one of {ANSWER_FORMATS}, not {answers!r}")
+    metrics = []
+    for k in BASE_METRICS:
+        values = dict(cvss_constants.METRICS_VALUE_NAMES[k])
+        words = {v: name.split()[0].lower() for v, name in values.items()} if answers == "word" else None
+        metrics.append(CvssMetric(key=k, name=cvss_constants.METRICS_ABBREVIATIONS[k], values=values, answers=words))
+    return CvssLabels(metrics=metrics)
 
 
 def _rows(tokenizer, manifest: Manifest, examples: list[CvssExample]) -> list[dict]:
@@ -156,6 +161,7 @@ def train_cvss(
     max_input_tokens: int = 192,
     name: str | None = None,
     limit_train: int = 0,
+    answers: str = "letter",
 ) -> Manifest:
     import torch
     from peft import get_peft_model
@@ -179,7 +185,7 @@ def train_cvss(
         base_model=base_model,
         prompt_template=CVSS_TEMPLATE,
         max_input_tokens=max_input_tokens,
-        labels=cvss_labels(),
+        labels=cvss_labels(answers),
         cfg=cfg,
         training_data=TrainingData(
             sources=[Path(p).name for p in data],
@@ -188,7 +194,7 @@ def train_cvss(
             n_validation=len(val_ex),
             split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {cfg.seed})",
         ),
-        answer_format="space-separated values",
+        answer_format=f"space-separated value {answers}s",
     )
     device = pick_device()
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)

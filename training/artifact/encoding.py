@@ -10,15 +10,18 @@ from training.artifact.prompting import truncate
 
 
 def cvss_value_token_ids(tokenizer, labels: CvssLabels) -> list[list[int]]:
-    """Per metric, the token id of `separator + value` for each allowed value (each must be one token)."""
+    """Per metric, the token id of `separator + answer` for each allowed value (each must be one token)."""
     out = []
     for m in labels.metrics:
         ids = []
         for v in m.values:
-            toks = tokenizer.encode(labels.separator + v, add_special_tokens=False)
+            text = labels.separator + m.answer(v)
+            toks = tokenizer.encode(text, add_special_tokens=False)
             if len(toks) != 1:
-                raise ValueError(f"tokenizer splits {labels.separator + v!r} into {toks}; answer format needs 1 token")
+                raise ValueError(f"tokenizer splits {text!r} into {toks}; answer format needs 1 token")
             ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{m.key}: two values share one answer token")
         out.append(ids)
     return out
 

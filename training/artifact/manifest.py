@@ -39,22 +39,42 @@ class CvssMetric(_Strict):
     key: str = Field(description="Metric abbreviation, e.g. AV")
     name: str = Field(description="Metric name, e.g. Attack Vector")
     values: dict[str, str] = Field(description="Allowed value letter -> value name, in order")
+    answers: dict[str, str] | None = Field(
+        None,
+        description="Allowed value letter -> the word the model writes for it (e.g. N -> Network); "
+        "absent: the letter itself",
+    )
+
+    @model_validator(mode="after")
+    def _answers_cover_values(self) -> CvssMetric:
+        if self.answers is not None:
+            if list(self.answers) != list(self.values):
+                raise ValueError(f"{self.key}: answers must list the values {list(self.values)} in order")
+            if len(set(self.answers.values())) != len(self.answers):
+                raise ValueError(f"{self.key}: two values share an answer word")
+        return self
+
+    def answer(self, value: str) -> str:
+        """What the model writes for `value` (after the separator)."""
+        return self.answers[value] if self.answers else value
 
 
 class CvssLabels(_Strict):
     kind: Literal["cvss"] = "cvss"
     cvss_version: str = "3.1"
     metrics: list[CvssMetric]
-    # The answer is the 8 values in metric order, each written as `separator + letter`,
-    # which SmolLM2/Llama-3 tokenizers keep as one token: 8 decode steps for a vector.
+    # The answer is the 8 values in metric order, each written as `separator + answer` (the letter,
+    # or the value's word), which the tokenizer must keep as one token: 8 decode steps for a vector.
     separator: str = " "
 
     def answer_text(self, values: dict[str, str]) -> str:
-        return "".join(self.separator + values[m.key] for m in self.metrics)
+        return "".join(self.separator + m.answer(values[m.key]) for m in self.metrics)
 
     def answer_regex(self) -> str:
-        """Grammar for constrained decoding: exactly one allowed value per metric."""
-        return "".join(f"{_re_escape(self.separator)}[{''.join(m.values)}]" for m in self.metrics)
+        """Grammar for constrained decoding: exactly one allowed value per metric, in metric order."""
+        return "".join(
+            "(" + "|".join(_re_escape(self.separator + m.answer(v)) for v in m.values) + ")" for m in self.metrics
+        )
 
     def vector(self, values: dict[str, str]) -> str:
         return f"CVSS:{self.cvss_version}/" + "/".join(f"{m.key}:{values[m.key]}" for m in self.metrics)

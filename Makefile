@@ -24,7 +24,7 @@ lint: setup
 # Reproduces the committed defaults (CVSS ~35 min, ATT&CK ~30 min on 2 idle CPU cores; see README).
 train-defaults: setup
 	$(PY) -m training cvss --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv --out artifacts/cvss-default \
-	  --epochs 8 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --loss allowed
+	  --epochs 8 --learning-rate 2e-3 --lora-layers 12 --lora-dropout 0 --loss allowed
 	$(PY) -m training attack --data $(DATA_DIR)/cti-hal/data --out artifacts/attack-default \
 	  --epochs 4 --batch-size 16 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --folds 3
 

@@ -250,11 +250,17 @@ def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(clie
 
     plain = client.post("/classify/cvss", json={"description": CVE}).json()
     assert "base_score_range" not in plain and all("prediction_set" not in m for m in plain["metrics"].values())
-    r = client.post("/classify/cvss", json={"description": CVE, "coverage": 0.9}).json()
-    probs = {key: metric["probabilities"] for key, metric in r["metrics"].items()}
     labels = client.app.state.models.cvss.labels
-    expected = VectorSet(labels, probs, cvss_levels[0.9].vector_nll)
-    assert expected.size > 1, "the fake's probabilities should give a set of several vectors"
+    # The fake's seeded probabilities depend on the text; take the first whose set holds several vectors
+    # under the committed threshold, so the comparison below is never the trivial one-vector set.
+    for n in range(20):
+        r = client.post("/classify/cvss", json={"description": f"{CVE} ({n})", "coverage": 0.9}).json()
+        probs = {key: metric["probabilities"] for key, metric in r["metrics"].items()}
+        expected = VectorSet(labels, probs, cvss_levels[0.9].vector_nll)
+        if expected.size > 1:
+            break
+    else:
+        pytest.fail("no text gave the fake a set of several vectors")
     for key, metric in r["metrics"].items():
         assert metric["prediction_set"] == expected.sets[key]
         assert metric["prediction_set"][0] == metric["value"]

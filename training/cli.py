@@ -112,7 +112,7 @@ def cvss(
     ),
     best_epoch: Annotated[bool, typer.Option(help="Keep the epoch that scores best on validation")] = True,
     answers: Annotated[
-        str, typer.Option(help="What the model writes per metric: 'letter' (N) or 'word' (Network)")
+        str, typer.Option(help="What the model writes per metric: 'letter' (N) or 'word' (network)")
     ] = "letter",
 ) -> None:
     """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""

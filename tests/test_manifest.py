@@ -48,6 +48,7 @@ def test_round_trip(tmp_path):
     assert loaded.render_prompt("{x} y") == "Q: {x} y\nA:"  # braces in input are kept verbatim
     assert loaded.labels.answer_regex() == "( N| A| L| P)( L| H)( N| L| H)( N| R)( C| U)( H| L| N)( H| L| N)( H| L| N)"
     assert loaded.labels.answer_text({m.key: next(iter(m.values)) for m in loaded.labels.metrics}).startswith(" N L")
+    assert '"answers"' not in (out / "manifest.json").read_text()  # letter manifests: the earlier schema's bytes
 
 
 def test_word_answers_round_trip_and_drive_the_grammar(tmp_path):

@@ -41,6 +41,7 @@ class CvssMetric(_Strict):
     values: dict[str, str] = Field(description="Allowed value letter -> value name, in order")
     answers: dict[str, str] | None = Field(
         None,
+        exclude_if=lambda v: v is None,  # letter manifests stay readable by releases without this field
         description="Allowed value letter -> the word the model writes for it (e.g. N -> network); "
         "absent: the letter itself",
     )

@@ -26,7 +26,15 @@ from training.artifact.base_model import resolve_base_model
 from training.artifact.encoding import encode_prompt
 from training.artifact.layout import HEAD_FILE
 from training.artifact.loading import load_tokenizer, new_sequence_classifier, pick_device, pick_dtype
-from training.artifact.manifest import AttackLabels, AttackSplit, Manifest, TrainingData, write_artifact, write_split
+from training.artifact.manifest import (
+    AttackLabels,
+    AttackSplit,
+    Manifest,
+    Technique,
+    TrainingData,
+    write_artifact,
+    write_split,
+)
 from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
 from training.attack_cv import cross_group_metrics, pooled_temperature
@@ -36,6 +44,7 @@ from training.conformal import attack_conformal
 from training.data import AttackExample, load_cti_hal
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.predict import attack_logits
+from training.procedures import PROCEDURE_GROUP, procedure_examples
 from training.split import group_k_folds, split_attack
 from training.trainer import (
     AttackTrainer,
@@ -85,15 +94,16 @@ def train_attack(
     name: str | None = None,
     limit_train: int = 0,
     folds: int = DEFAULT_FOLDS,
+    procedures: int = 0,
 ) -> Manifest:
     started = time.time()
-    labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train)
+    labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures)
     index = {t.id: i for i, t in enumerate(labels)}
     fold_groups = [tuple(validation_groups)] if validation_groups else group_k_folds(examples, folds)
     if validation_groups:
         split_attack(examples, validation_groups)  # names must exist
     log.info(
-        "ATT&CK: %d items from %d groups (+%d catalogue descriptions); folds %s; dropped %s",
+        "ATT&CK: %d items from %d groups (+%d catalogue rows); folds %s; dropped %s",
         len(examples),
         len({e.group for e in examples}),
         len(extra),
@@ -125,9 +135,14 @@ def train_attack(
                 else f"by threat group: {len(fold_groups)}-fold cross-validation over groups {fold_groups}; "
                 "the shipped model trains on every group"
             ),
-            notes={"dropped_labels": dict(dropped), "catalogue_examples": len(extra)},
+            notes={
+                "dropped_labels": dict(dropped),
+                "catalogue_examples": len(extra),
+                "procedure_examples": sum(e.group == PROCEDURE_GROUP for e in extra),
+            },
         ),
         catalogue_examples=use_catalogue,
+        procedures=procedures,
         folds=[list(f) for f in fold_groups],
         limit_train=limit_train,
     )
@@ -152,7 +167,7 @@ def train_attack(
     oof: dict[int, np.ndarray] = {}  # epoch -> [n_examples, n_labels]
     fold_models = []
     for k, held in enumerate(fold_groups):
-        train_idx = [i for i, e in enumerate(rows_ex) if e.group not in held]
+        train_idx = [i for i, e in enumerate(rows_ex) if e.trains_without(held)]
         test_idx = [i for i, e in enumerate(examples) if e.group in held]
         model = model if k == 0 else _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
 
@@ -252,21 +267,26 @@ def train_attack(
     return write_artifact(Path(out), final, write)
 
 
-def attack_examples(data: Path, use_catalogue: bool = True, limit_train: int = 0):
-    """(labels, CTI-HAL items with a current label, catalogue description rows, dropped label counts)."""
+def attack_examples(data: Path, use_catalogue: bool = True, limit_train: int = 0, procedures: int = 0):
+    """(labels, CTI-HAL items with a current label, catalogue rows, dropped label counts). Catalogue
+    rows: each technique's description (`use_catalogue`) and up to `procedures` procedure examples."""
     cat = catalogue()
     labels = cat.labels()
-    index = {t.id for t in labels}
     examples, dropped = load_cti_hal(data, cat.remap)
-    examples = [e for e in examples if e.technique in index]
+    examples = [e for e in examples if e.technique in {t.id for t in labels}]
     if limit_train:
         examples = _limit_per_group(examples, limit_train)
-    extra = (
-        [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
-        if use_catalogue
-        else []
-    )
-    return labels, examples, extra, dropped
+    return labels, examples, catalogue_rows(labels, use_catalogue, procedures, [e.group for e in examples]), dropped
+
+
+def catalogue_rows(
+    labels: list[Technique], use_catalogue: bool, procedures: int, groups: list[str]
+) -> list[AttackExample]:
+    """Training rows from the catalogue itself, the procedures tagged with the `groups` they may leak."""
+    cat = catalogue()
+    described = [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
+    ids = {t.id for t in labels}
+    return (described if use_catalogue else []) + procedure_examples(cat, ids, procedures, sorted(set(groups)))
 
 
 def _limit_per_group(examples: list[AttackExample], n: int) -> list[AttackExample]:

@@ -90,7 +90,7 @@ def attack_baseline_oof(
     out = np.zeros((len(held), len(label_ids)))
     for fold in folds:
         sel = np.array([e.group in fold for e in held])
-        train = [e for e in list(examples) + list(extra) if e.group not in fold]
+        train = [e for e in list(examples) + list(extra) if e.trains_without(fold)]
         out[sel] = attack_baseline_logits(train, [e.text for e, s in zip(held, sel, strict=True) if s], label_ids)
     return out
 

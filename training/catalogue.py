@@ -15,6 +15,7 @@ class Catalogue:
     def __init__(self) -> None:
         self._db = AttackLookup()
         self._by_id = {t["external_id"]: t for t in self._db.all_techniques()}
+        self._id_by_stix = {t["stix_id"]: t["external_id"] for t in self._db.all_techniques()}
         revoked_by = {r["source_ref"]: r["target_ref"] for r in self._db.relationships_for(rel_type="revoked-by")}
         by_stix = {t["stix_id"]: t for t in self._db.all_techniques()}
         self._replacement = {
@@ -54,6 +55,15 @@ class Catalogue:
                 return None
             return tid
         return None
+
+    def technique_id(self, stix_id: str) -> str | None:
+        return self._id_by_stix.get(stix_id)
+
+    def groups(self) -> list[dict]:
+        return self._db.all_groups()
+
+    def relationships(self, rel_type: str) -> list[dict]:
+        return self._db.relationships_for(rel_type=rel_type)
 
     def description(self, technique_id: str) -> str:
         """Name and catalogue description with citation markers removed."""

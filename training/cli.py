@@ -169,6 +169,9 @@ def attack(
     max_input_tokens: int = 256,
     lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,
     catalogue_examples: Annotated[bool, typer.Option(help="Add catalogue descriptions as examples")] = True,
+    procedures: Annotated[
+        int, typer.Option(help="Add up to N catalogue procedure examples per technique (0: none)")
+    ] = 0,
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
@@ -200,6 +203,7 @@ def attack(
             catalogue_examples,
             limit_train=limit_train,
             folds=folds,
+            procedures=procedures,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e

@@ -109,9 +109,9 @@ def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, spl
 
 
 def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -> dict:
-    from training.attack import evaluate_attack_model
-    from training.catalogue import CATALOGUE_NAME, catalogue
-    from training.data import AttackExample, load_cti_hal
+    from training.attack import catalogue_rows, evaluate_attack_model
+    from training.catalogue import catalogue
+    from training.data import load_cti_hal
     from training.plots import reliability_diagram
 
     manifest = load_manifest(artifact)
@@ -150,10 +150,9 @@ def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -
         "dropped_labels": dict(dropped),
     }
     if train:
-        extra = (
-            [AttackExample(cat.description(t), t, "catalogue", "catalogue", CATALOGUE_NAME) for t in ids]
-            if manifest.hyperparameters.get("catalogue_examples", True)
-            else []
+        hp = manifest.hyperparameters  # the baseline trains on what the model trained on
+        extra = catalogue_rows(
+            manifest.labels.techniques, hp.get("catalogue_examples", True), hp.get("procedures", 0), split.train_groups
         )
         report["tfidf_logreg"] = attack_baseline(train + extra, test, ids)
     out = artifact / REPORT_DIR

@@ -97,7 +97,9 @@ def _attack(manifest: Manifest, split, held, data: list[Path]):
     if not isinstance(split, AttackSplit) or len(data) != 1:
         raise ValueError("an ATT&CK artifact needs its split.json and one --data folder (CTI-HAL)")
     hp = manifest.hyperparameters
-    labels, examples, extra, _ = attack_examples(data[0], hp.get("catalogue_examples", True), hp.get("limit_train", 0))
+    labels, examples, extra, _ = attack_examples(
+        data[0], hp.get("catalogue_examples", True), hp.get("limit_train", 0), hp.get("procedures", 0)
+    )
     folds = split.cv_folds or [split.validation_groups]
     baseline = attack_baseline_oof(examples, extra, folds, [t.id for t in labels])
     if len(baseline) != len(held.targets):

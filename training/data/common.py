@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cvss import CVSS3
@@ -34,6 +35,12 @@ class AttackExample:
     group: str  # threat group (split unit)
     report: str  # report file (finer split unit)
     source: str
+    related_groups: tuple[str, ...] = ()  # other groups it may come from (catalogue procedures): never
+    # trained on while one of them is held out
+
+    def trains_without(self, held: Sequence[str]) -> bool:
+        """Whether a model validated on the `held` groups may train on this row."""
+        return self.group not in held and not any(g in held for g in self.related_groups)
 
 
 def parse_cvss31_vector(raw: str, where: str) -> str:

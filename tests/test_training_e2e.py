@@ -71,7 +71,7 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
 
 
 def _train_attack(out, cti_hal, *args: str):
-    """A small ATT&CK run: 2 adapted layers, no catalogue examples (minutes, not the default's half hour)."""
+    """A small ATT&CK run: 2 adapted layers, no catalogue descriptions (minutes, not the default's half hour)."""
     return _cli(
         "attack", "--data", str(cti_hal), "--out", str(out), "--lora-layers", "2", "--no-catalogue-examples", *args
     )
@@ -88,10 +88,13 @@ def _flat(tree, prefix: str = "") -> dict:
 
 def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
-    r = _train_attack(out, cti_hal, "--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2")
+    r = _train_attack(
+        out, cti_hal, "--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2", "--procedures", "1"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
     assert m.task == "attack" and "head.safetensors" in m.files and len(m.labels.techniques) > 200
+    assert m.hyperparameters["procedures"] == 1 and m.training_data.notes["procedure_examples"] > 150
     assert m.training_data.notes["dropped_labels"]  # ICS / malformed ids are counted, not silently used
     split = json.loads((out / "split.json").read_text())
     groups = sorted(m.metrics["per_group"])
@@ -104,7 +107,8 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
         assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)
         assert k in m.metrics["tfidf_logreg"]["mean"]
 
-    # Refitting from the kept out-of-fold logits reproduces what training wrote, from the logits alone
+    # Refitting from the kept out-of-fold logits reproduces what training wrote (the baseline with the same
+    # procedure rows), from the logits alone
     stripped = tmp_path / "stripped"
     shutil.copytree(out, stripped)
     raw = json.loads((stripped / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""Catalogue procedure examples: cleaning, the seeded cap, and that no fold trains on a row tied to its held-out group."""
+"""Catalogue procedure examples: cleaning, the seeded cap, and no fold training on rows tied to its held-out group."""
 
 from __future__ import annotations
 

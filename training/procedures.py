@@ -15,12 +15,11 @@ import random
 import re
 from collections import defaultdict
 
-from training.catalogue import CATALOGUE_NAME, Catalogue
+from training.catalogue import CATALOGUE_NAME, CITATION, Catalogue
 from training.data import AttackExample
 
 PROCEDURE_GROUP = "procedure"
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_CITATION = re.compile(r"\(Citation:[^)]*\)")
 
 
 def _norm(name: str) -> str:
@@ -29,7 +28,7 @@ def _norm(name: str) -> str:
 
 def clean_procedure(text: str) -> str:
     """Markdown links to their text, citations and the truncation marker removed."""
-    text = _CITATION.sub("", _LINK.sub(r"\1", text or ""))
+    text = CITATION.sub("", _LINK.sub(r"\1", text or ""))
     return re.sub(r"\s+", " ", text.replace("...", "")).strip()
 
 

@@ -52,17 +52,16 @@ def procedure_examples(
         return []
     groups = _group_index(cat, group_names)
     uses = cat.relationships("uses")
+    name_of = {gid: name for name, (gid, _) in groups.items()}
     linked: dict[str, set[str]] = defaultdict(set)  # source STIX id -> CTI-HAL groups it belongs to
-    for name, (gid, _) in groups.items():
+    for gid, name in name_of.items():
         linked[gid].add(name)
     for r in cat.relationships("attributed-to"):  # campaign -> group
-        for name, (gid, _) in groups.items():
-            if r["target_ref"] == gid:
-                linked[r["source_ref"]].add(name)
+        if r["target_ref"] in name_of:
+            linked[r["source_ref"]].add(name_of[r["target_ref"]])
     for r in uses:  # group -> software it uses
-        for name, (gid, _) in groups.items():
-            if r["source_ref"] == gid and r["target_ref"].split("--")[0] in ("malware", "tool"):
-                linked[r["target_ref"]].add(name)
+        if r["source_ref"] in name_of and r["target_ref"].split("--")[0] in ("malware", "tool"):
+            linked[r["target_ref"]].add(name_of[r["source_ref"]])
     mention = {
         name: re.compile(r"\b(" + "|".join(re.escape(a) for a in aliases) + r")\b", re.IGNORECASE)
         for name, (_, aliases) in groups.items()

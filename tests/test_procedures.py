@@ -19,6 +19,21 @@ def test_clean_procedure_keeps_link_text_and_drops_citations():
     assert clean_procedure(raw) == "APT29 has used WMI to run code."
 
 
+def test_clean_procedure_drops_what_the_cut_left_open():
+    # the lookup cuts procedures at ~200 characters, sometimes inside a citation marker or a link
+    cut = {
+        "It has used ntds.util.(Citation: Microsoft Volt Typhoon May 2...": "It has used ntds.util.",
+        "UNC3886 has employed layers of redundancy.(Citation...": "UNC3886 has employed layers of redundancy.",
+        "It modified the boot record.(Ci": "It modified the boot record.",
+        "Wizard Spider has also used [Conti](https://attack.mitre.org/softw...": "Wizard Spider has also used Conti",
+        "It deployed XMRig images. [TeamTN...": "It deployed XMRig images. TeamTN",
+    }
+    assert {raw: clean_procedure(raw) for raw in cut} == cut
+    # a closed parenthesis, a CVE or a bracket inside code is text, not a cut marker
+    for kept in ("It exploited (CVE-2021-44228", "It ran <code>[Responder file path] -i</code>", "(Cobalt Strike"):
+        assert clean_procedure(kept) == kept
+
+
 def test_rows_are_capped_per_technique_reproducibly_and_labelled_with_current_ids():
     cat = catalogue()
     ids = {t.id for t in cat.labels()}

@@ -20,6 +20,10 @@ from training.data import AttackExample
 
 PROCEDURE_GROUP = "procedure"
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+# What the lookup's ~200-character cut can leave open at the end: a link ("[Conti](https://att", "[TeamTN",
+# kept as its text) or a citation marker ("(Citation: Microsoft Volt Typhoon May 2", "(Cit", dropped).
+_OPEN_LINK = re.compile(r"\[([^\]]*)(?:\]\([^)]*)?$")
+_OPEN_CITATION = re.compile(r"\(C[a-z]*(?::[^)]*)?$")
 
 
 def _norm(name: str) -> str:
@@ -27,9 +31,10 @@ def _norm(name: str) -> str:
 
 
 def clean_procedure(text: str) -> str:
-    """Markdown links to their text, citations and the truncation marker removed."""
-    text = CITATION.sub("", _LINK.sub(r"\1", text or ""))
-    return re.sub(r"\s+", " ", text.replace("...", "")).strip()
+    """Markdown links to their text; citations, the truncation marker and what the cut left open removed."""
+    text = CITATION.sub("", _LINK.sub(r"\1", text or "")).replace("...", "").strip()
+    text = _OPEN_CITATION.sub("", _OPEN_LINK.sub(r"\1", text))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _group_index(cat: Catalogue, group_names: list[str]) -> dict[str, tuple[str, list[str]]]:

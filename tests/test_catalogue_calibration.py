@@ -1,7 +1,8 @@
-"""ATT&CK catalogue label set and remapping; temperature scaling and ECE on synthetic data."""
+"""ATT&CK catalogue label set, remapping and prose cleaning; temperature scaling and ECE on synthetic data."""
 
 from __future__ import annotations
 
+import re
 from math import comb
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from scipy.special import softmax
 
 from training.calibrate import ece, ece_floor, fit_temperature, nll
-from training.catalogue import catalogue
+from training.catalogue import catalogue, clean_prose
+from training.procedures import procedure_examples
 
 
 def test_label_set_is_current_top_level():
@@ -19,6 +21,35 @@ def test_label_set_is_current_top_level():
     assert all("." not in i for i in ids)
     assert "T1086" not in ids  # revoked (PowerShell, now T1059.001)
     assert next(t for t in labels if t.id == "T1047").name == "Windows Management Instrumentation"
+
+
+def test_clean_prose_keeps_link_text_and_drops_citations():
+    raw = "[APT29](https://attack.mitre.org/groups/G0016) has used [WMI](https://x/y) to run code.(Citation: A B) ..."
+    assert clean_prose(raw) == "APT29 has used WMI to run code."
+
+
+def test_clean_prose_drops_what_the_cut_left_open():
+    # the lookup cuts procedures at ~200 characters, sometimes inside a citation marker or a link
+    cut = {
+        "It has used ntds.util.(Citation: Microsoft Volt Typhoon May 2...": "It has used ntds.util.",
+        "UNC3886 has employed layers of redundancy.(Citation...": "UNC3886 has employed layers of redundancy.",
+        "It modified the boot record.(Ci": "It modified the boot record.",
+        "Wizard Spider has also used [Conti](https://attack.mitre.org/softw...": "Wizard Spider has also used Conti",
+        "It deployed XMRig images. [TeamTN...": "It deployed XMRig images. TeamTN",
+    }
+    assert {raw: clean_prose(raw) for raw in cut} == cut
+    # a closed parenthesis, a CVE or a bracket inside code is text, not a cut marker
+    for kept in ("It exploited (CVE-2021-44228", "It ran <code>[Responder file path] -i</code>", "(Cobalt Strike"):
+        assert clean_prose(kept) == kept
+
+
+def test_catalogue_training_texts_carry_no_link_or_citation_markup():
+    cat = catalogue()
+    ids = {t.id for t in cat.labels()}
+    texts = [cat.description(i) for i in ids] + [r.text for r in procedure_examples(cat, ids, 8, [])]
+    assert len(texts) > 1500
+    markup = [t for t in texts if re.search(r"\(Cit|\]\(|https?:|\n", t) or re.search(r"\[[^\]]*$", t)]
+    assert markup == []
 
 
 def test_remap():

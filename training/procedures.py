@@ -15,26 +15,14 @@ import random
 import re
 from collections import defaultdict
 
-from training.catalogue import CATALOGUE_NAME, CITATION, Catalogue
+from training.catalogue import CATALOGUE_NAME, Catalogue, clean_prose
 from training.data import AttackExample
 
 PROCEDURE_GROUP = "procedure"
-_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-# What the lookup's ~200-character cut can leave open at the end: a link ("[Conti](https://att", "[TeamTN",
-# kept as its text) or a citation marker ("(Citation: Microsoft Volt Typhoon May 2", "(Cit", dropped).
-_OPEN_LINK = re.compile(r"\[([^\]]*)(?:\]\([^)]*)?$")
-_OPEN_CITATION = re.compile(r"\(C[a-z]*(?::[^)]*)?$")
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def clean_procedure(text: str) -> str:
-    """Markdown links to their text; citations, the truncation marker and what the cut left open removed."""
-    text = CITATION.sub("", _LINK.sub(r"\1", text or "")).replace("...", "").strip()
-    text = _OPEN_CITATION.sub("", _OPEN_LINK.sub(r"\1", text))
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def _group_index(cat: Catalogue, group_names: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -78,7 +66,7 @@ def procedure_examples(
             continue
         tid = cat.technique_id(r["target_ref"])
         tid = tid and cat.remap(tid)
-        text = clean_procedure(r.get("description") or "")
+        text = clean_prose(r.get("description") or "")
         if tid not in label_ids or len(text) < 20:
             continue
         related = set(linked.get(r["source_ref"], ())) | {n for n, rx in mention.items() if rx.search(text)}

@@ -71,7 +71,7 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
 
 
 def _train_attack(out, cti_hal, *args: str):
-    """A small ATT&CK run: 2 adapted layers, no catalogue descriptions (minutes, not the default's hour and a half)."""
+    """A small ATT&CK run: 2 adapted layers, no catalogue descriptions (minutes, not the default's hour)."""
     return _cli(
         "attack", "--data", str(cti_hal), "--out", str(out), "--lora-layers", "2", "--no-catalogue-examples", *args
     )

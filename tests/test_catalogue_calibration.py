@@ -29,7 +29,7 @@ def test_clean_prose_keeps_link_text_and_drops_citations():
 
 
 def test_clean_prose_drops_what_the_cut_left_open():
-    # the lookup cuts procedures at ~200 characters, sometimes inside a citation marker or a link
+    # the lookup cuts descriptions and procedures short, sometimes inside a citation marker or a link
     cut = {
         "It has used ntds.util.(Citation: Microsoft Volt Typhoon May 2...": "It has used ntds.util.",
         "UNC3886 has employed layers of redundancy.(Citation...": "UNC3886 has employed layers of redundancy.",

@@ -20,7 +20,7 @@ _OPEN_LINK = re.compile(r"\[([^\]]*)(?:\]\([^)]*)?$")
 _OPEN_CITATION = re.compile(r"\(C[a-z]*(?::[^)]*)?$")
 
 
-def clean_prose(text: str) -> str:
+def clean_prose(text: str | None) -> str:
     """Catalogue prose as training text: links to their text; citations, the cut marker and whatever
     the cut left open removed; whitespace collapsed."""
     text = _CITATION.sub("", _LINK.sub(r"\1", text or "")).replace("...", "").strip()
@@ -84,7 +84,7 @@ class Catalogue:
     def description(self, technique_id: str) -> str:
         """Name and cleaned catalogue description (`clean_prose`)."""
         t = self._by_id[technique_id]
-        return f"{t['name']}. {clean_prose(t.get('description') or '')}"
+        return f"{t['name']}. {clean_prose(t.get('description'))}"
 
 
 @lru_cache(maxsize=1)

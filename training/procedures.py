@@ -66,7 +66,7 @@ def procedure_examples(
             continue
         tid = cat.technique_id(r["target_ref"])
         tid = tid and cat.remap(tid)
-        text = clean_prose(r.get("description") or "")
+        text = clean_prose(r.get("description"))
         if tid not in label_ids or len(text) < 20:
             continue
         related = set(linked.get(r["source_ref"], ())) | {n for n, rx in mention.items() if rx.search(text)}

@@ -1,14 +1,17 @@
-"""Catalogue procedure examples: the seeded cap, and no fold training on rows tied to its held-out group."""
+"""Extra ATT&CK training rows (catalogue procedures, annotators' reasons): the seeded cap, and no fold
+training on rows tied to its held-out group."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 
+from training.attack import RATIONALE_GROUP, extra_rows, rationale_rows
 from training.baseline import attack_baseline_oof
 from training.catalogue import catalogue
-from training.data import AttackExample
+from training.data import AttackExample, load_cti_hal
 from training.procedures import PROCEDURE_GROUP, procedure_examples
 
 GROUPS = ["apt29", "carbanak", "fin6", "fin7", "sandworm", "wizardspider"]
@@ -60,3 +63,30 @@ def test_no_fold_trains_on_rows_tied_to_its_held_out_groups():
     oof_leaky = attack_baseline_oof(examples, untied, [["apt29"], ["fin6"]], labels)
     assert oof_leaky[0].argmax() == 1 and oof[0].argmax() != 1  # the tie keeps the answer out of training
     assert np.allclose(oof[1:], oof_leaky[1:])  # the fin6 fold trains on the tied rows either way
+
+
+def test_annotator_reasons_become_rows_tied_to_their_item_group(tmp_path):
+    reason = "Credential dumping from the memory of the LSASS process."
+    items = [
+        {"context": "They dumped LSASS with procdump.", "technique": "T1003.001", "metadata": {"description": reason}},
+        {"context": "LSASS was read again later.", "technique": "T1003", "metadata": {"description": reason}},
+        {"context": "cmd.exe ran it", "technique": "T1059", "metadata": {"description": "ran a shell"}},  # too short
+        {
+            "context": "They ran PowerShell scripts.",
+            "technique": "T1059",
+            "metadata": {"description": " they ran powershell scripts. "},
+        },  # the excerpt itself
+        {"context": "Scheduled tasks kept it alive.", "technique": "T1053", "metadata": None},
+    ]
+    (tmp_path / "fin6").mkdir()
+    (tmp_path / "fin6" / "REPORT.json").write_text(json.dumps(items))
+    examples, _ = load_cti_hal(tmp_path, catalogue().remap)
+    assert len(examples) == 5 and examples[0].rationale == reason
+
+    rows = rationale_rows(examples)
+    assert [(r.text, r.technique, r.group, r.report) for r in rows] == [(reason, "T1003", RATIONALE_GROUP, "REPORT")]
+    assert not rows[0].trains_without(["fin6"]) and rows[0].trains_without(["apt29", "fin7"])
+
+    labels = catalogue().labels()
+    assert extra_rows(labels, examples, False, 0, True) == rows
+    assert extra_rows(labels, examples, False, 0, False) == []

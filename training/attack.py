@@ -58,6 +58,7 @@ from training.trainer import (
 
 log = logging.getLogger(__name__)
 DEFAULT_FOLDS = 3
+RATIONALE_GROUP = "rationale"  # the group of annotator-reason rows (tied to their item's group)
 
 
 def evaluate_attack_model(model, tokenizer, manifest: Manifest, examples: list[AttackExample]):
@@ -95,15 +96,16 @@ def train_attack(
     limit_train: int = 0,
     folds: int = DEFAULT_FOLDS,
     procedures: int = 0,
+    rationales: bool = False,
 ) -> Manifest:
     started = time.time()
-    labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures)
+    labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures, rationales)
     index = {t.id: i for i, t in enumerate(labels)}
     fold_groups = [tuple(validation_groups)] if validation_groups else group_k_folds(examples, folds)
     if validation_groups:
         split_attack(examples, validation_groups)  # names must exist
     log.info(
-        "ATT&CK: %d items from %d groups (+%d catalogue rows); folds %s; dropped %s",
+        "ATT&CK: %d items from %d groups (+%d extra rows: catalogue, procedures, reasons); folds %s; dropped %s",
         len(examples),
         len({e.group for e in examples}),
         len(extra),
@@ -139,10 +141,12 @@ def train_attack(
                 "dropped_labels": dict(dropped),
                 "catalogue_examples": len(extra),
                 "procedure_examples": sum(e.group == PROCEDURE_GROUP for e in extra),
+                "rationale_examples": sum(e.group == RATIONALE_GROUP for e in extra),
             },
         ),
         catalogue_examples=use_catalogue,
         procedures=procedures,
+        rationales=rationales,
         folds=[list(f) for f in fold_groups],
         limit_train=limit_train,
     )
@@ -267,16 +271,27 @@ def train_attack(
     return write_artifact(Path(out), final, write)
 
 
-def attack_examples(data: Path, use_catalogue: bool = True, limit_train: int = 0, procedures: int = 0):
-    """(labels, CTI-HAL items with a current label, catalogue rows, dropped label counts). Catalogue
-    rows: each technique's description (`use_catalogue`) and up to `procedures` procedure examples."""
+def attack_examples(
+    data: Path, use_catalogue: bool = True, limit_train: int = 0, procedures: int = 0, rationales: bool = False
+):
+    """(labels, CTI-HAL items with a current label, extra training rows, dropped label counts)."""
     cat = catalogue()
     labels = cat.labels()
     examples, dropped = load_cti_hal(data, cat.remap)
     examples = [e for e in examples if e.technique in {t.id for t in labels}]
     if limit_train:
         examples = _limit_per_group(examples, limit_train)
-    return labels, examples, catalogue_rows(labels, use_catalogue, procedures, [e.group for e in examples]), dropped
+    return labels, examples, extra_rows(labels, examples, use_catalogue, procedures, rationales), dropped
+
+
+def extra_rows(
+    labels: list[Technique], examples: list[AttackExample], use_catalogue: bool, procedures: int, rationales: bool
+) -> list[AttackExample]:
+    """Training rows beside the CTI-HAL items: each technique's catalogue description (`use_catalogue`), up
+    to `procedures` catalogue procedure examples per technique, and the annotators' reasons (`rationales`).
+    Every row is tagged with the groups it may leak, so no fold trains on one tied to a group it holds out."""
+    rows = catalogue_rows(labels, use_catalogue, procedures, [e.group for e in examples])
+    return rows + (rationale_rows(examples) if rationales else [])
 
 
 def catalogue_rows(
@@ -287,6 +302,21 @@ def catalogue_rows(
     described = [AttackExample(cat.description(t.id), t.id, "catalogue", "catalogue", CATALOGUE_NAME) for t in labels]
     ids = {t.id for t in labels}
     return (described if use_catalogue else []) + procedure_examples(cat, ids, procedures, sorted(set(groups)))
+
+
+def rationale_rows(examples: list[AttackExample]) -> list[AttackExample]:
+    """The annotator's reason for each label as a row of its own ("Attackers steal saved login credentials
+    from web browsers" for T1555): a paraphrase in ATT&CK's vocabulary of what the excerpt says. Tied to
+    the item's group, so it trains only where that item does; never scored. One row per distinct
+    (reason, technique); reasons under 20 characters or equal to their excerpt are skipped."""
+    out, seen = [], set()
+    for e in examples:
+        key = (e.rationale.casefold(), e.technique)
+        if len(e.rationale) < 20 or e.rationale.casefold() == e.text.casefold() or key in seen:
+            continue
+        seen.add(key)
+        out.append(AttackExample(e.rationale, e.technique, RATIONALE_GROUP, e.report, e.source, (e.group,)))
+    return out
 
 
 def _limit_per_group(examples: list[AttackExample], n: int) -> list[AttackExample]:

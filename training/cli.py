@@ -172,6 +172,9 @@ def attack(
     procedures: Annotated[
         int, typer.Option(help="Add up to N catalogue procedure examples per technique (0: none)")
     ] = 0,
+    rationales: Annotated[
+        bool, typer.Option(help="Add each CTI-HAL annotator's reason for a label as a row of its own")
+    ] = False,
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
@@ -204,6 +207,7 @@ def attack(
             limit_train=limit_train,
             folds=folds,
             procedures=procedures,
+            rationales=rationales,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e

@@ -109,7 +109,7 @@ def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, spl
 
 
 def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -> dict:
-    from training.attack import catalogue_rows, evaluate_attack_model
+    from training.attack import evaluate_attack_model, extra_rows
     from training.catalogue import catalogue
     from training.data import load_cti_hal
     from training.plots import reliability_diagram
@@ -151,9 +151,16 @@ def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -
     }
     if train:
         hp = manifest.hyperparameters  # the baseline trains on what the model trained on
-        extra = catalogue_rows(
-            manifest.labels.techniques, hp.get("catalogue_examples", True), hp.get("procedures", 0), split.train_groups
+        # the rows as training built them: from the groups it knew, less those tied to its validation groups
+        known = seen | set(split.validation_groups)
+        rows = extra_rows(
+            manifest.labels.techniques,
+            [e for e in examples if e.group in known],
+            hp.get("catalogue_examples", True),
+            hp.get("procedures", 0),
+            hp.get("rationales", False),
         )
+        extra = [r for r in rows if r.trains_without(split.validation_groups)]
         report["tfidf_logreg"] = attack_baseline(train + extra, test, ids)
     out = artifact / REPORT_DIR
     out.mkdir(exist_ok=True)

@@ -98,7 +98,11 @@ def _attack(manifest: Manifest, split, held, data: list[Path]):
         raise ValueError("an ATT&CK artifact needs its split.json and one --data folder (CTI-HAL)")
     hp = manifest.hyperparameters
     labels, examples, extra, _ = attack_examples(
-        data[0], hp.get("catalogue_examples", True), hp.get("limit_train", 0), hp.get("procedures", 0)
+        data[0],
+        hp.get("catalogue_examples", True),
+        hp.get("limit_train", 0),
+        hp.get("procedures", 0),
+        hp.get("rationales", False),
     )
     folds = split.cv_folds or [split.validation_groups]
     baseline = attack_baseline_oof(examples, extra, folds, [t.id for t in labels])

@@ -37,6 +37,7 @@ class AttackExample:
     source: str
     related_groups: tuple[str, ...] = ()  # other groups it may come from (catalogue procedures): never
     # trained on while one of them is held out
+    rationale: str = ""  # the annotator's reason for the label (CTI-HAL `metadata.description`), if any
 
     def trains_without(self, held: Sequence[str]) -> bool:
         """Whether a model validated on the `held` groups may train on this row."""

@@ -58,5 +58,7 @@ def load_cti_hal(
             if mapped is None:
                 dropped[tech.strip()] += 1
                 continue
-            out.append(AttackExample(text, mapped, group, f.stem, rel.as_posix()))
+            meta = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+            reason = meta.get("description") if isinstance(meta.get("description"), str) else ""
+            out.append(AttackExample(text, mapped, group, f.stem, rel.as_posix(), rationale=reason.strip()))
     return out, dropped

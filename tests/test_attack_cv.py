@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from training.attack_cv import honest_attack_metrics, per_group_metrics, summarize
+from training.attack_cv import excerpt_ids, honest_attack_metrics, per_group_metrics, summarize
 from training.calibrate import fit_temperature, nll
 from training.data import AttackExample
-from training.metrics import attack_metrics
+from training.metrics import attack_metrics, shared_excerpt_metrics
 from training.split import group_k_folds
 
 
@@ -70,3 +70,31 @@ def test_evaluate_never_scores_calibration_on_temperature_fit_groups():
     everything_fitted = honest_attack_metrics(logits, targets, groups, reports, t, ["a", "b", "c"])
     assert "ece_calibrated" not in everything_fitted and "nll_calibrated" not in everything_fitted
     assert everything_fitted["n_calibration_scored"] == 0
+
+
+def test_top1_on_shared_excerpts_counts_any_annotated_label_and_the_reachable_ceiling():
+    rows = [
+        ("a", "Ran  PowerShell.", 0),
+        ("a", "ran powershell.", 1),  # the same excerpt with a second technique
+        ("a", "RAN POWERSHELL.", 0),  # ... and a second annotator agreeing with the first
+        ("b", "ran powershell.", 0),  # another group's excerpt, however alike
+        ("a", "Dumped LSASS.", 2),
+    ]
+    ex = [AttackExample(text, "T1059", g, "r", "x") for g, text, _ in rows]
+    ids = excerpt_ids(ex)
+    assert ids[0] == ids[1] == ids[2] and len(set(ids)) == 3
+    targets = np.array([t for *_, t in rows])
+    logits = np.eye(3)[[1, 1, 1, 0, 0]]  # answers: 1, 1, 1, 0, 0
+    m = shared_excerpt_metrics(logits, targets, ids)
+    assert attack_metrics(logits, targets, 1.0)["top1"] == pytest.approx(2 / 5)
+    # rows 1-3 answer one of their excerpt's labels, row 4 is right, row 5 is not
+    assert m["top1_any_label"] == pytest.approx(4 / 5)
+    # one answer per excerpt: at best 2 of the 3 shared rows, then 1 and 1
+    assert m["top1_ceiling"] == pytest.approx(4 / 5)
+    m_best = shared_excerpt_metrics(np.eye(3)[[0, 0, 0, 0, 2]], targets, ids)
+    assert m_best == {"top1_any_label": 1.0, "top1_ceiling": pytest.approx(4 / 5)}
+
+    per = per_group_metrics(logits, targets, [g for g, *_ in rows], calibrate=False, excerpts=ids)
+    assert per["a"]["top1_any_label"] == pytest.approx(3 / 4) and per["b"]["top1_any_label"] == 1.0
+    assert summarize(per)["mean"]["top1_ceiling"] == pytest.approx((3 / 4 + 1) / 2)
+    assert "top1_ceiling" not in summarize(per_group_metrics(logits, targets, [g for g, *_ in rows]))["mean"]

@@ -37,11 +37,12 @@ from training.artifact.manifest import (
 )
 from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
-from training.attack_cv import cross_group_metrics, pooled_temperature
+from training.attack_cv import cross_group_metrics, excerpt_ids, pooled_temperature
 from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.conformal import attack_conformal
 from training.data import AttackExample, load_cti_hal
+from training.head_init import imprint_head
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.predict import attack_logits
 from training.procedures import PROCEDURE_GROUP, procedure_examples
@@ -97,6 +98,7 @@ def train_attack(
     folds: int = DEFAULT_FOLDS,
     procedures: int = 0,
     rationales: bool = False,
+    imprint: bool = False,
 ) -> Manifest:
     started = time.time()
     labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures, rationales)
@@ -147,6 +149,7 @@ def train_attack(
         catalogue_examples=use_catalogue,
         procedures=procedures,
         rationales=rationales,
+        imprint_head=imprint,
         folds=[list(f) for f in fold_groups],
         limit_train=limit_train,
     )
@@ -182,6 +185,8 @@ def train_attack(
 
         epoch_end = EpochEnd(record, keep_best=bool(validation_groups))
         log.info("fold %d/%d: held out %s (%d items)", k + 1, len(fold_groups), held, len(test_idx))
+        if imprint:
+            imprint_head(model, [rows[i] for i in train_idx], n_frozen)
         with tempfile.TemporaryDirectory() as work:
             train(
                 model,
@@ -216,7 +221,13 @@ def train_attack(
         "best_epoch": best_epoch,
         "heldout_top1_by_epoch": by_epoch,
         "temperature": temperature,
-        **cross_group_metrics(oof_logits, oof_targets, oof_groups, baseline_logits),
+        **cross_group_metrics(
+            oof_logits,
+            oof_targets,
+            oof_groups,
+            baseline_logits,
+            excerpt_ids([e for e, held in zip(examples, held_mask, strict=True) if held]),
+        ),
     }
 
     held = heldout.AttackHeldout(oof_logits, oof_targets, oof_groups)
@@ -230,6 +241,8 @@ def train_attack(
         # The shipped model: every group, the cross-validated epoch count on the same schedule.
         model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
         log.info("final model: all %d groups, %d epoch(s)", len(all_groups), best_epoch)
+        if imprint:
+            imprint_head(model, rows, n_frozen)
         with tempfile.TemporaryDirectory() as work:
             stats = train(
                 model,

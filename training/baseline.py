@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from training.data import AttackExample, CvssExample
-from training.metrics import attack_metrics, cvss_metrics
+from training.metrics import attack_metrics, cvss_metrics, shared_excerpt_metrics
 
 
 def _pipeline():
@@ -95,7 +95,14 @@ def attack_baseline_oof(
     return out
 
 
-def attack_baseline(train: Sequence[AttackExample], test: Sequence[AttackExample], label_ids: Sequence[str]) -> dict:
+def attack_baseline(
+    train: Sequence[AttackExample],
+    test: Sequence[AttackExample],
+    label_ids: Sequence[str],
+    excerpts: Sequence[str] | None = None,
+) -> dict:
     index = {tid: i for i, tid in enumerate(label_ids)}
     logits = attack_baseline_logits(train, [e.text for e in test], label_ids)
-    return attack_metrics(logits, np.array([index[e.technique] for e in test]), 1.0)
+    targets = np.array([index[e.technique] for e in test])
+    out = attack_metrics(logits, targets, 1.0)
+    return out | (shared_excerpt_metrics(logits, targets, excerpts) if excerpts is not None else {})

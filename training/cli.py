@@ -175,6 +175,9 @@ def attack(
     rationales: Annotated[
         bool, typer.Option(help="Add each CTI-HAL annotator's reason for a label as a row of its own")
     ] = False,
+    imprint_head: Annotated[
+        bool, typer.Option(help="Start each label's head row from the mean state of its training rows")
+    ] = False,
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
@@ -208,6 +211,7 @@ def attack(
             folds=folds,
             procedures=procedures,
             rationales=rationales,
+            imprint=imprint_head,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e

@@ -19,7 +19,7 @@ from training.artifact.loading import (
     pick_dtype,
 )
 from training.artifact.manifest import AttackSplit, CvssSplit, Manifest, load_manifest, load_split
-from training.attack_cv import SUMMARY_KEYS, honest_attack_metrics
+from training.attack_cv import EXCERPT_KEYS, SUMMARY_KEYS, excerpt_ids, honest_attack_metrics
 from training.baseline import attack_baseline, cvss_baseline, cvss_majority
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,13 @@ def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -
     logits, targets = evaluate_attack_model(model, tokenizer, manifest, test)
     groups = [e.group for e in test]
     metrics = honest_attack_metrics(
-        logits, targets, groups, [f"{e.group}/{e.report}" for e in test], manifest.temperature, fit_groups
+        logits,
+        targets,
+        groups,
+        [f"{e.group}/{e.report}" for e in test],
+        manifest.temperature,
+        fit_groups,
+        excerpt_ids(test),
     )
     report = {
         "task": "attack",
@@ -161,7 +167,7 @@ def evaluate_attack(artifact: Path, data: Path, base_model: str | None = None) -
             hp.get("rationales", False),
         )
         extra = [r for r in rows if r.trains_without(split.validation_groups)]
-        report["tfidf_logreg"] = attack_baseline(train + extra, test, ids)
+        report["tfidf_logreg"] = attack_baseline(train + extra, test, ids, excerpt_ids(test))
     out = artifact / REPORT_DIR
     out.mkdir(exist_ok=True)
     raw, cal = softmax(logits, axis=1), softmax(logits / manifest.temperature, axis=1)
@@ -217,7 +223,7 @@ def format_report(report: dict) -> str:
             "ece_calibrated_crossfit",
         ]
         if report["task"] == "cvss"
-        else [*SUMMARY_KEYS, "ece_calibrated_crossfit", "n_calibration_scored"]
+        else [*SUMMARY_KEYS, *EXCERPT_KEYS, "ece_calibrated_crossfit", "n_calibration_scored"]
     )
     cols = [c for c in ("model", "tfidf_logreg", "majority_class") if c in report]
     lines = [

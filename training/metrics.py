@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +70,22 @@ def attack_metrics(
             logits, targets, folds
         )
     return out
+
+
+def shared_excerpt_metrics(logits: np.ndarray, targets: np.ndarray, excerpts: Sequence[str]) -> dict[str, float]:
+    """Top-1 where one excerpt carries several rows with different labels (two annotators, or two
+    techniques in one sentence): then at most one of those rows can be right at top-1.
+
+    `top1_any_label`: the top-1 is one of the labels annotated on its excerpt. `top1_ceiling`: the best
+    row-level top-1 any single answer per excerpt could reach on these rows."""
+    labels_of: dict[str, list[int]] = defaultdict(list)
+    for e, t in zip(excerpts, targets, strict=True):
+        labels_of[e].append(int(t))
+    top1 = np.asarray(logits).argmax(1)
+    return {
+        "top1_any_label": float(np.mean([int(p) in labels_of[e] for p, e in zip(top1, excerpts, strict=True)])),
+        "top1_ceiling": sum(Counter(v).most_common(1)[0][1] for v in labels_of.values()) / len(targets),
+    }
 
 
 ABSTENTION_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -86,7 +86,7 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
 
 def _attack(manifest: Manifest, split, held, data: list[Path]):
     from training.attack import attack_examples
-    from training.attack_cv import cross_group_metrics
+    from training.attack_cv import cross_group_metrics, excerpt_ids
     from training.baseline import attack_baseline_oof
     from training.conformal import attack_conformal
 
@@ -110,5 +110,7 @@ def _attack(manifest: Manifest, split, held, data: list[Path]):
         raise ArtifactError(
             f"{manifest.name}: --data gives {len(baseline)} held-out rows, the artifact kept {len(held.targets)}"
         )
-    cross_group = cross_group_metrics(held.logits, held.targets, held.groups, baseline)
+    held_groups = {g for fold in folds for g in fold}
+    excerpts = excerpt_ids([e for e in examples if e.group in held_groups])
+    cross_group = cross_group_metrics(held.logits, held.targets, held.groups, baseline, excerpts)
     return *attack_conformal(held, manifest.temperature, baseline), cross_group

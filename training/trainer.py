@@ -104,8 +104,8 @@ def score_head(model) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def attack_logits_from_states(model, n_frozen: int, states: Sequence[torch.Tensor], batch_size: int = 16):
-    """Raw head logits for cached states (fp32, CPU), in the order given."""
+def last_token_states(model, n_frozen: int, states: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
+    """The final-norm state of each row's last token (what the `score` head reads; fp32, CPU), in order."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(states)), key=lambda i: states[i].shape[0])
@@ -114,12 +114,19 @@ def attack_logits_from_states(model, n_frozen: int, states: Sequence[torch.Tenso
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         embeds, mask = pad_states([states[i] for i in idx])
-        h = top_hidden(model, n_frozen, embeds.to(device), mask.to(device))[:, -1]
-        logits = score_head(model)(h).float().cpu()
+        h = top_hidden(model, n_frozen, embeds.to(device), mask.to(device))[:, -1].float().cpu()
         for j, i in enumerate(idx):
-            out[i] = logits[j]
+            out[i] = h[j]
     model.train(was_training)
     return torch.stack(out) if out else torch.empty(0)
+
+
+@torch.inference_mode()
+def attack_logits_from_states(model, n_frozen: int, states: Sequence[torch.Tensor], batch_size: int = 16):
+    """Raw head logits for cached states (fp32, CPU), in the order given."""
+    head = score_head(model)
+    h = last_token_states(model, n_frozen, states, batch_size)
+    return head(h.to(head.weight.device, head.weight.dtype)).float().cpu() if len(h) else h
 
 
 class _ListDataset(torch.utils.data.Dataset):

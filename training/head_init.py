@@ -1,0 +1,51 @@
+"""Imprinted classification head (`--imprint-head`).
+
+Each label's head row starts as the normalised mean of its training rows' last-token states (centred on
+the mean of all rows), all rows scaled by the one factor that minimises the training cross-entropy. The
+first steps then refine a head that already ranks labels by similarity to their examples, instead of
+one drawn at random; labels without a training row keep their random row.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from training.trainer import last_token_states, score_head
+
+log = logging.getLogger(__name__)
+SCALES = np.geomspace(1e-3, 10.0, 41)  # candidate norms of a head row
+
+
+def imprinted_weights(states: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(new head weight, the scale kept) from final states [n, d] and their labels; `weight` [L, d] gives
+    the rows of labels with no example."""
+    h = states.double()
+    centred = h - h.mean(0)
+    sums = torch.zeros(weight.shape[0], h.shape[1], dtype=h.dtype).index_add_(0, labels, centred)
+    has = torch.bincount(labels, minlength=weight.shape[0]) > 0
+    proto = torch.nn.functional.normalize(sums, dim=1)
+    base = weight.detach().double().clone()
+    best: tuple[float, float, torch.Tensor] | None = None
+    for s in SCALES:
+        w = base.clone()
+        w[has] = proto[has] * float(s)
+        loss = torch.nn.functional.cross_entropy(h @ w.T, labels).item()
+        if best is None or loss < best[0]:
+            best = (loss, float(s), w)
+    assert best is not None
+    return best[2].to(weight.dtype), best[1]
+
+
+@torch.no_grad()
+def imprint_head(model, rows: list[dict], n_frozen: int) -> float:
+    """Imprint the `score` head of `model` from training `rows` (cached `states`, `labels`); the scale kept."""
+    states = last_token_states(model, n_frozen, [r["states"] for r in rows])
+    labels = torch.tensor([r["labels"] for r in rows])
+    head = score_head(model)
+    weight, scale = imprinted_weights(states, labels, head.weight.detach().cpu())
+    head.weight.copy_(weight.to(head.weight.device))
+    log.info("imprinted the head from %d rows over %d labels (row norm %.3g)", len(rows), len(labels.unique()), scale)
+    return scale

@@ -21,12 +21,12 @@ test-fast: setup
 lint: setup
 	.venv/bin/ruff check service training tests bench && .venv/bin/ruff format --check service training tests bench
 
-# Reproduces the committed defaults (CVSS ~35 min, ATT&CK ~100 min on 2 idle CPU cores; see README).
+# Reproduces the committed defaults (CVSS ~35 min, ATT&CK ~55 min on 2 idle CPU cores; see README).
 train-defaults: setup
 	$(PY) -m training cvss --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv --out artifacts/cvss-default \
 	  --epochs 8 --learning-rate 2e-3 --lora-layers 12 --lora-dropout 0 --loss allowed
 	$(PY) -m training attack --data $(DATA_DIR)/cti-hal/data --out artifacts/attack-default \
-	  --epochs 4 --batch-size 16 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --folds 3 --procedures 8
+	  --epochs 4 --batch-size 16 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --folds 3 --procedures 8 --imprint-head
 
 evaluate-defaults: setup
 	$(PY) -m training evaluate --task cvss --artifact artifacts/cvss-default --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv

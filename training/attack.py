@@ -141,7 +141,7 @@ def train_attack(
             ),
             notes={
                 "dropped_labels": dict(dropped),
-                "catalogue_examples": len(extra),
+                "catalogue_examples": sum(e.group != RATIONALE_GROUP for e in extra),  # descriptions + procedures
                 "procedure_examples": sum(e.group == PROCEDURE_GROUP for e in extra),
                 "rationale_examples": sum(e.group == RATIONALE_GROUP for e in extra),
             },

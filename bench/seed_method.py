@@ -81,16 +81,13 @@ def _seed_trainer():
 
 
 def train(data: Path, steps: int | None, out: Path) -> dict:
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from training.artifact.loading import base_for, load_tokenizer
     from training.artifact.manifest import load_manifest
     from training.artifact.prompting import truncate
     from training.artifacts import save_adapter_16bit
+    from training.cvss import fresh_model
     from training.data import load_cvss
-    from training.trainer import TrainConfig, lora_config
+    from training.trainer import TrainConfig
     from training.trainer import train as run_trainer
 
     manifest = load_manifest(CVSS_ART)
@@ -122,8 +119,7 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
         seed=int(hp["seed"]),
         max_steps=steps,
     )
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
-    model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+    model = fresh_model(base, tok.pad_token_id, cfg)
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
         stats = run_trainer(model, rows, cfg, work, _seed_trainer(), collator=_LeftPad(tok.pad_token_id))

@@ -152,6 +152,19 @@ def evaluate_cvss_model(model, tokenizer, manifest: Manifest, examples: list[Cvs
     return cvss_metrics(keys, predicted, [e.values for e in examples], probs), probs
 
 
+def fresh_model(base_path: str, pad_token_id: int, cfg: TrainConfig):
+    """The base causal LM with LoRA adapters drawn from `cfg.seed`. Torch seeds each new process at
+    random, so without this the same command would start (and end) from another adapter every run."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
+    model.config.pad_token_id = pad_token_id
+    return get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+
+
 def train_cvss(
     data: list[Path],
     out: Path,
@@ -163,10 +176,6 @@ def train_cvss(
     limit_train: int = 0,
     answers: str = "letter",
 ) -> Manifest:
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
     started = time.time()
     examples = load_cvss(data)
     train_ex, val_ex = split_cvss(examples, n_validation, cfg.seed)
@@ -197,9 +206,7 @@ def train_cvss(
         answer_format=f"space-separated value {answers}s",
     )
     device = pick_device()
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+    model = fresh_model(base_path, tokenizer.pad_token_id, cfg)
     model.print_trainable_parameters()
     rows = _rows(tokenizer, draft, train_ex)
     n_frozen = frozen_layer_count(model, cfg.lora_layers)

@@ -21,7 +21,7 @@ test-fast: setup
 lint: setup
 	.venv/bin/ruff check service training tests bench && .venv/bin/ruff format --check service training tests bench
 
-# Reproduces the committed defaults (CVSS ~35 min, ATT&CK ~55 min on 2 idle CPU cores; see README).
+# Reproduces the committed defaults (CVSS ~25 min, ATT&CK ~55 min on 2 idle CPU cores; see README).
 train-defaults: setup
 	$(PY) -m training cvss --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv --out artifacts/cvss-default \
 	  --epochs 8 --learning-rate 2e-3 --lora-layers 12 --lora-dropout 0 --loss allowed

@@ -5,10 +5,12 @@ Torch seeds each new process at random, so an adapter (or head) drawn without se
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import torch
 
+from training.artifacts import save_adapter_16bit
 from training.attack import _fresh_model as fresh_attack_model
 from training.cvss import fresh_model as fresh_cvss_model
 from training.trainer import TrainConfig
@@ -42,3 +44,11 @@ def test_attack_adapter_and_head_are_drawn_from_the_seed(base_model):
     assert any(k.endswith("score.weight") for k in first) and any("lora_A" in k for k in first)
     assert _same(first, again)
     assert not _same(first, other)
+
+
+def test_saved_adapter_config_lists_its_modules_in_one_order(base_model, tmp_path):
+    # PEFT keeps target_modules as a set, iterated in the process's string-hash order
+    save_adapter_16bit(fresh_cvss_model(str(base_model), 0, CFG), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(CFG.target_modules)
+    assert config["task_type"] == "CAUSAL_LM"

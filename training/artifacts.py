@@ -46,6 +46,13 @@ def save_adapter_16bit(peft_model, out: Path, dtype: torch.dtype = torch.bfloat1
     readme = out / "README.md"
     if readme.exists():
         readme.unlink()  # PEFT's model-card stub; the manifest is the documentation
+    # PEFT writes target_modules from a set, in the process's string-hash order: sorted, the same run
+    # writes the same bytes (and the same hash in the manifest).
+    cfg_path = out / "adapter_config.json"
+    config = json.loads(cfg_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def draft_manifest(

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from training.artifacts import save_adapter_16bit
-from training.attack import _fresh_model as fresh_attack_model
+from training.attack import fresh_model as fresh_attack_model
 from training.cvss import fresh_model as fresh_cvss_model
 from training.trainer import TrainConfig
 

@@ -69,7 +69,8 @@ def evaluate_attack_model(model, tokenizer, manifest: Manifest, examples: list[A
     return logits, np.array([index[e.technique] for e in examples])
 
 
-def _fresh_model(base_path: str, n_labels: int, pad_id: int, cfg: TrainConfig):
+def fresh_model(base_path: str, n_labels: int, pad_id: int, cfg: TrainConfig):
+    """The base LM with a `score` head over `n_labels` and LoRA adapters, both drawn from `cfg.seed`."""
     import torch
     from peft import get_peft_model
 
@@ -157,7 +158,7 @@ def train_attack(
     # The frozen bottom layers are the base model's, the same in every fold: run them once for all rows.
     rows_ex = examples + extra
     ids = [encode_prompt(tokenizer, draft, e.text)[0] for e in rows_ex]
-    model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+    model = fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
     n_frozen = frozen_layer_count(model, cfg.lora_layers)
     t0 = time.time()
     states = frozen_prefix_states(model, ids, n_frozen)
@@ -176,7 +177,7 @@ def train_attack(
     for k, held in enumerate(fold_groups):
         train_idx = [i for i, e in enumerate(rows_ex) if e.trains_without(held)]
         test_idx = [i for i, e in enumerate(examples) if e.group in held]
-        model = model if k == 0 else _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+        model = model if k == 0 else fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
 
         def record(m, epoch: int, test_idx=test_idx) -> dict:
             lg = attack_logits_from_states(m, n_frozen, [states[i] for i in test_idx]).numpy()
@@ -239,7 +240,7 @@ def train_attack(
         stats = {}
     else:
         # The shipped model: every group, the cross-validated epoch count on the same schedule.
-        model = _fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
+        model = fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
         log.info("final model: all %d groups, %d epoch(s)", len(all_groups), best_epoch)
         if imprint:
             imprint_head(model, rows, n_frozen)

@@ -67,3 +67,45 @@ def test_cached_top_layers_match_full_classifier(base_model, tokenizer):
         for row, i in enumerate(ids):
             full = model(input_ids=torch.tensor([i])).logits[0]
             assert torch.allclose(cached[row], full, atol=1e-3, rtol=1e-4), (cached[row] - full).abs().max()
+
+
+def test_top_layer_run_at_the_kept_positions_only_matches_the_full_run(base_model, tokenizer):
+    """`keep`: the top layer's queries and MLP at the last positions only; same states, same gradients."""
+    from transformers import AutoModelForCausalLM
+
+    model = _lora(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32), 3)  # eval: no dropout draw
+    n_frozen = frozen_layer_count(model, 3)
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in TEXTS]
+    embeds, mask = pad_states(frozen_prefix_states(model, ids, n_frozen))
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+    def run(keep: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        h = top_hidden(model, n_frozen, embeds, mask, keep)[:, -5:]
+        (h @ model.get_output_embeddings().weight.T).logsumexp(-1).sum().backward()
+        return h.detach(), {n: p.grad.clone() for n, p in lora.items()}
+
+    full, full_grads = run(None)
+    kept, kept_grads = run(5)
+    assert kept.shape == (len(TEXTS), 5, model.config.hidden_size)
+    assert torch.allclose(kept, full, atol=1e-4, rtol=1e-4), (kept - full).abs().max()
+    top = f"layers.{model.config.num_hidden_layers - 1}."
+    assert any(g.abs().sum() > 0 for n, g in full_grads.items() if top in n)  # the top adapter learns
+    for n, g_full in full_grads.items():
+        assert torch.allclose(kept_grads[n], g_full, atol=1e-5, rtol=1e-3), (n, (kept_grads[n] - g_full).abs().max())
+
+
+def test_a_row_shorter_than_the_kept_positions_gives_finite_states(base_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = _lora(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32), 2)
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in TEXTS]
+    n_frozen = frozen_layer_count(model, 2)
+    embeds, mask = pad_states(frozen_prefix_states(model, ids, n_frozen))
+    keep = min(len(i) for i in ids) + 3  # reaches into the shortest row's left padding
+    with torch.no_grad():
+        kept = top_hidden(model, n_frozen, embeds, mask, keep)
+        full = top_hidden(model, n_frozen, embeds, mask)[:, -keep:]
+    assert torch.isfinite(kept).all()
+    real = mask[:, -keep:].bool()
+    assert torch.allclose(kept[real], full[real], atol=1e-4, rtol=1e-4)

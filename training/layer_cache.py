@@ -90,48 +90,8 @@ def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return embeds, mask
 
 
-def top_hidden(model, n_frozen: int, embeds: torch.Tensor, mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
-    """Final-norm hidden states from cached inputs, running only layers `n_frozen`.. (with their LoRA).
-
-    `keep`: return only the last `keep` positions ([B, keep, H]), and run the top layer's queries,
-    output projection and MLP at those positions only (its keys and values still see every
-    position). The losses read at most 9 of ~100 positions, so the top layer costs a fraction of a full one."""
+def top_hidden(model, n_frozen: int, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Final-norm hidden states from cached inputs, running only layers `n_frozen`.. (with their LoRA)."""
     dec = decoder(model)
-    layers = list(dec.layers)[n_frozen:]
-    if keep is None or not layers:
-        with _swapped(dec, layers, dec.norm):
-            return dec(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state[
-                :, -(keep or embeds.shape[1]) :
-            ]
-    with _swapped(dec, layers[:-1], torch.nn.Identity()):
-        h = dec(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-    positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-    cos, sin = dec.rotary_emb(h, position_ids=positions)
-    return dec.norm(_layer_at_last(layers[-1], h, mask, cos, sin, keep))
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Llama's rotary embedding (`apply_rotary_pos_emb`) for [B, heads, T, d] and cos/sin [1, T, d]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
-
-
-def _layer_at_last(layer, h: torch.Tensor, mask: torch.Tensor, cos, sin, keep: int) -> torch.Tensor:
-    """One Llama decoder layer's output at the last `keep` positions of a left-padded batch."""
-    attn = layer.self_attn
-    b, t, _ = h.shape
-    d = attn.head_dim
-    x = layer.input_layernorm(h)
-    q = _rotate(attn.q_proj(x[:, -keep:]).view(b, keep, -1, d).transpose(1, 2), cos[:, -keep:], sin[:, -keep:])
-    k = _rotate(attn.k_proj(x).view(b, t, -1, d).transpose(1, 2), cos, sin)
-    v = attn.v_proj(x).view(b, t, -1, d).transpose(1, 2)
-    # query i (at position t-keep+i) sees the row's real tokens up to itself; a padding query (a row
-    # shorter than `keep`) sees none, and SDPA returns zeros for it (its state is never read)
-    keys, queries = torch.arange(t, device=h.device), torch.arange(t - keep, t, device=h.device).unsqueeze(1)
-    allowed = (keys <= queries) & mask.bool().unsqueeze(1)  # [B, keep, T]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed.unsqueeze(1), scale=attn.scaling, enable_gqa=True
-    )
-    h = h[:, -keep:] + attn.o_proj(out.transpose(1, 2).reshape(b, keep, -1))
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    with _swapped(dec, list(dec.layers)[n_frozen:], dec.norm):
+        return dec(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state

@@ -58,9 +58,8 @@ class _StatesTrainer(Trainer):
         super().__init__(*args, **kw)
         self.n_frozen = n_frozen
 
-    def _hidden(self, model, inputs, keep: int) -> torch.Tensor:
-        """Final states at the last `keep` positions (the only ones a loss reads)."""
-        return top_hidden(model, self.n_frozen, inputs["inputs_embeds"], inputs["attention_mask"], keep)
+    def _hidden(self, model, inputs) -> torch.Tensor:
+        return top_hidden(model, self.n_frozen, inputs["inputs_embeds"], inputs["attention_mask"])
 
 
 class CvssTrainer(_StatesTrainer):
@@ -75,7 +74,7 @@ class CvssTrainer(_StatesTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = inputs["labels"]  # [B, 8] value index within each metric's allowed list
         k = targets.shape[1]
-        hidden = self._hidden(model, inputs, k + 1)[:, :-1]  # the states that predict answer tokens 1..8
+        hidden = self._hidden(model, inputs)[:, -(k + 1) : -1]  # the states that predict answer tokens 1..8
         weight = model.get_output_embeddings().weight
         if self.loss_kind == "allowed":
             loss = allowed_value_cross_entropy(allowed_value_logits(hidden, weight, self.allowed), targets)
@@ -94,7 +93,7 @@ class AttackTrainer(_StatesTrainer):
         self.label_smoothing = label_smoothing
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = score_head(model)(self._hidden(model, inputs, 1)[:, -1]).float()
+        logits = score_head(model)(self._hidden(model, inputs)[:, -1]).float()
         loss = torch.nn.functional.cross_entropy(logits, inputs["labels"], label_smoothing=self.label_smoothing)
         return (loss, logits) if return_outputs else loss
 
@@ -115,7 +114,7 @@ def last_token_states(model, n_frozen: int, states: Sequence[torch.Tensor], batc
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         embeds, mask = pad_states([states[i] for i in idx])
-        h = top_hidden(model, n_frozen, embeds.to(device), mask.to(device), keep=1)[:, -1].float().cpu()
+        h = top_hidden(model, n_frozen, embeds.to(device), mask.to(device))[:, -1].float().cpu()
         for j, i in enumerate(idx):
             out[i] = h[j]
     model.train(was_training)

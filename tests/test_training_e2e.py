@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
 from training.artifact.manifest import load_manifest
+from training.attack_cv import pick_candidate
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +38,19 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
         "8",
         "--lora-layers",
         "2",
+        "--average-from",
+        "2",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
     assert m.task == "cvss" and m.training_data.n_validation == 8
     assert {"adapter_model.safetensors", "adapter_config.json", "split.json"} <= set(m.files)
-    assert m.metrics["n"] == 8 and [e["epoch"] for e in m.metrics["epochs"]] == [1, 2]
-    # the artifact is the best validation epoch, restored: its metrics are that epoch's, not the last one's
+    assert m.metrics["n"] == 8
+    assert [(e["epoch"], e.get("average_from", 0)) for e in m.metrics["epochs"]] == [(1, 0), (2, 0), (2, 2)]
+    # the artifact is the best validation candidate (an epoch's weights or the average of epoch 2's steps),
+    # restored: its metrics are that candidate's, not the last one's
     best = max(m.metrics["epochs"], key=lambda e: e["score"])
-    assert m.metrics["best_epoch"] == best["epoch"]
+    assert (m.metrics["best_epoch"], m.metrics["average_from"]) == (best["epoch"], best.get("average_from", 0))
     for k in ("mean_metric_accuracy", "base_score_mae", "distinct_predicted_vectors"):
         assert m.metrics[k] == pytest.approx(best[k], abs=1e-6), k
     assert m.metrics["ece_uncalibrated"] == pytest.approx(best["ece_metric_probabilities"], abs=1e-6)
@@ -89,7 +94,10 @@ def _flat(tree, prefix: str = "") -> dict:
 def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_hal, base_model):
     out = tmp_path / "attack"
     r = _train_attack(
-        out, cti_hal, "--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2", "--procedures", "1"
+        out,
+        cti_hal,
+        *("--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2", "--procedures", "1"),
+        *("--average-from", "2"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
@@ -102,6 +110,12 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
     assert sorted(g for f in split["cv_folds"] for g in f) == groups  # each held out exactly once
     assert split["temperature_fit_groups"] == groups and m.temperature == pytest.approx(m.metrics["temperature"])
     assert m.metrics["best_epoch"] in (1, 2) and set(m.metrics["heldout_top1_by_epoch"]) == {"1", "2"}
+    # the shipped candidate (an epoch count, or the average of epoch 2's steps) is the best out-of-fold one
+    by_average = m.metrics["heldout_top1_by_average"]
+    assert set(by_average) == {"2-2"}
+    scores = {(0, int(e)): v for e, v in m.metrics["heldout_top1_by_epoch"].items()} | {(2, 2): by_average["2-2"]}
+    assert (m.metrics["average_from"], m.metrics["best_epoch"]) == pick_candidate(scores)
+    assert m.metrics["mean"]["top1"] == pytest.approx(scores[pick_candidate(scores)])
     for k in ("top1", "top5", "ece_calibrated", "ece_calibrated_floor"):
         vals = [m.metrics["per_group"][g][k] for g in groups]
         assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)

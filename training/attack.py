@@ -37,7 +37,14 @@ from training.artifact.manifest import (
 )
 from training.artifact.prompting import ATTACK_TEMPLATE
 from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
-from training.attack_cv import cross_group_metrics, excerpt_ids, pooled_temperature
+from training.attack_cv import (
+    cross_group_metrics,
+    excerpt_ids,
+    per_group_metrics,
+    pick_candidate,
+    pooled_temperature,
+    summarize,
+)
 from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.conformal import attack_conformal
@@ -56,6 +63,7 @@ from training.trainer import (
     lora_config,
     train,
 )
+from training.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
 DEFAULT_FOLDS = 3
@@ -171,20 +179,23 @@ def train_attack(
     targets_all = np.array([index[e.technique] for e in examples])
     groups_all = np.array([e.group for e in examples])
 
-    # Cross-validation: per fold, held-out logits after every epoch.
-    oof: dict[int, np.ndarray] = {}  # epoch -> [n_examples, n_labels]
+    # Cross-validation: per fold, held-out logits after every epoch, of the live weights (average start 0)
+    # and of each candidate tail average.
+    oof: dict[tuple[int, int], np.ndarray] = {}  # (average start, epoch) -> [n_examples, n_labels]
     fold_models = []
     for k, held in enumerate(fold_groups):
         train_idx = [i for i, e in enumerate(rows_ex) if e.trains_without(held)]
         test_idx = [i for i, e in enumerate(examples) if e.group in held]
         model = model if k == 0 else fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
 
-        def record(m, epoch: int, test_idx=test_idx) -> dict:
+        def record(m, epoch: int, start: int = 0, test_idx=test_idx) -> dict:
             lg = attack_logits_from_states(m, n_frozen, [states[i] for i in test_idx]).numpy()
-            oof.setdefault(epoch, np.full((len(examples), len(labels)), np.nan, dtype=np.float32))[test_idx] = lg
+            key = (start, epoch)
+            oof.setdefault(key, np.full((len(examples), len(labels)), np.nan, dtype=np.float32))[test_idx] = lg
             return {"score": _mean_top1(lg, targets_all[test_idx], groups_all[test_idx])}
 
         epoch_end = EpochEnd(record, keep_best=bool(validation_groups))
+        averages = [TailAverages(cfg.average_from, epoch_end.consider)] if cfg.average_from else []
         log.info("fold %d/%d: held out %s (%d items)", k + 1, len(fold_groups), held, len(test_idx))
         if imprint:
             imprint_head(model, [rows[i] for i in train_idx], n_frozen)
@@ -195,21 +206,35 @@ def train_attack(
                 cfg,
                 work,
                 AttackTrainer,
-                [epoch_end],
+                [epoch_end, *averages],
                 n_frozen=n_frozen,
                 label_smoothing=cfg.label_smoothing,
             )
         fold_models.append((model, epoch_end))
 
     held_mask = np.isin(groups_all, [g for f in fold_groups for g in f])
-    epochs_seen = sorted(e for e in oof if not np.isnan(oof[e][held_mask]).any())  # recorded by every fold
-    by_epoch = {e: _mean_top1(oof[e][held_mask], targets_all[held_mask], groups_all[held_mask]) for e in epochs_seen}
-    best_epoch = max(epochs_seen, key=lambda e: (by_epoch[e], -e)) if cfg.select_best_epoch else epochs_seen[-1]
-    # float64 from here on, as `heldout.load` gives them back: a refit then reproduces these metrics exactly
-    oof_logits = oof[best_epoch][held_mask].astype(np.float64)
     oof_targets, oof_groups = targets_all[held_mask], groups_all[held_mask]
+    seen = sorted(c for c in oof if not np.isnan(oof[c][held_mask]).any())  # recorded by every fold
+    by_candidate = {c: _mean_top1(oof[c][held_mask], oof_targets, oof_groups) for c in seen}
+    by_epoch = {e: v for (s, e), v in by_candidate.items() if s == 0}
+    if validation_groups:  # the held-out fold is the model: what its EpochEnd kept
+        best_start, best_epoch = fold_models[0][1].best_average_from, fold_models[0][1].best_epoch
+    else:
+        best_start, best_epoch = pick_candidate(by_candidate, cfg.select_best_epoch)
+    # float64 from here on, as `heldout.load` gives them back: a refit then reproduces these metrics exactly
+    oof_logits = oof[(best_start, best_epoch)][held_mask].astype(np.float64)
     temperature = pooled_temperature(oof_logits, oof_targets)
-    log.info("held-out mean top-1 by epoch %s; keeping epoch %d, T=%.3f", by_epoch, best_epoch, temperature)
+    for c in seen:
+        if c[0]:
+            summary = summarize(per_group_metrics(oof[c][held_mask].astype(np.float64), oof_targets, oof_groups))
+            log.info("average from epoch %d to %d: %s", *c, {k: round(v, 4) for k, v in summary["mean"].items()})
+    log.info(
+        "held-out mean top-1 by epoch %s, by (average start, epoch) %s; keeping %s, T=%.3f",
+        by_epoch,
+        {f"{s}-{e}": round(v, 4) for (s, e), v in by_candidate.items() if s},
+        f"epoch {best_epoch}" + (f", averaged from epoch {best_start}" if best_start else ""),
+        temperature,
+    )
 
     baseline_logits = attack_baseline_oof(examples, extra, fold_groups, [t.id for t in labels])
     metrics = {
@@ -221,6 +246,14 @@ def train_attack(
         "note": "calibrated figures scale each group by a temperature fitted on the other groups' held-out logits",
         "best_epoch": best_epoch,
         "heldout_top1_by_epoch": by_epoch,
+        **(
+            {
+                "average_from": best_start,
+                "heldout_top1_by_average": {f"{s}-{e}": v for (s, e), v in by_candidate.items() if s},
+            }
+            if cfg.average_from
+            else {}
+        ),
         "temperature": temperature,
         **cross_group_metrics(
             oof_logits,
@@ -244,6 +277,7 @@ def train_attack(
         log.info("final model: all %d groups, %d epoch(s)", len(all_groups), best_epoch)
         if imprint:
             imprint_head(model, rows, n_frozen)
+        average = TailAverages([best_start]) if best_start else None
         with tempfile.TemporaryDirectory() as work:
             stats = train(
                 model,
@@ -251,10 +285,12 @@ def train_attack(
                 cfg,
                 work,
                 AttackTrainer,
-                [EpochEnd(stop_after=best_epoch)],
+                [EpochEnd(stop_after=best_epoch), *([average] if average else [])],
                 n_frozen=n_frozen,
                 label_smoothing=cfg.label_smoothing,
             )
+        if average:
+            average.apply(model, best_start)
     if not is_main_process():
         return draft
     device = pick_device()

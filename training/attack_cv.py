@@ -82,6 +82,16 @@ def cross_group_metrics(
     }
 
 
+def pick_candidate(scores: dict[tuple[int, int], float], select_best: bool = True) -> tuple[int, int]:
+    """The (average start, epoch) to ship from held-out scores keyed the same way (start 0: the live
+    weights). The best score wins; a tie goes to the candidate `EpochEnd` scores first (the earlier epoch,
+    then the live weights, then the earlier start). Without `select_best`, the last epoch's live weights."""
+    if not select_best:
+        return 0, max(e for s, e in scores if s == 0)
+    order = sorted(scores, key=lambda c: (c[1], c[0]))
+    return max(order, key=lambda c: scores[c])  # max keeps the first of equals
+
+
 def pooled_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature the shipped model uses: fitted on every group's out-of-fold logits."""
     return fit_temperature(logits, targets)

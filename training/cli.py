@@ -114,6 +114,10 @@ def cvss(
     answers: Annotated[
         str, typer.Option(help="What the model writes per metric: 'letter' (N) or 'word' (network)")
     ] = "letter",
+    average_from: Annotated[
+        list[int] | None,
+        typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on validation"),
+    ] = None,
 ) -> None:
     """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""
     from training.cvss import ANSWER_FORMATS, train_cvss
@@ -133,6 +137,7 @@ def cvss(
         lora_layers=lora_layers,
         loss=loss,
         select_best_epoch=best_epoch,
+        average_from=tuple(average_from or ()),
     )
     if loss not in ("allowed", "vocab"):
         raise typer.BadParameter("must be 'allowed' or 'vocab'", param_hint="--loss")
@@ -178,6 +183,10 @@ def attack(
     imprint_head: Annotated[
         bool, typer.Option(help="Start each label's head row from the mean state of its training rows")
     ] = False,
+    average_from: Annotated[
+        list[int] | None,
+        typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on the folds"),
+    ] = None,
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
@@ -197,6 +206,7 @@ def attack(
         threads=threads,
         lora_layers=lora_layers,
         label_smoothing=label_smoothing,
+        average_from=tuple(average_from or ()),
     )
     try:
         m = train_attack(

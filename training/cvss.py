@@ -40,6 +40,7 @@ from training.metrics import cvss_metrics
 from training.predict import predict_cvss
 from training.split import calibration_halves, split_cvss
 from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
+from training.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +217,24 @@ def train_cvss(
     cache_seconds = time.time() - t0
     log.info("cached the inputs of layer %d for %d rows in %.1f s", n_frozen, len(rows), cache_seconds)
 
-    def validate(m, epoch: int) -> dict:
+    def validate(m, epoch: int, average_from: int) -> dict:  # the candidate's key is EpochEnd's to record
         metrics, _ = evaluate_cvss_model(m, tokenizer, draft, val_ex)
         return {**metrics, "score": _selection_score(metrics)}
 
     epoch_end = EpochEnd(validate if is_main_process() else None, keep_best=cfg.select_best_epoch)
+    averages = [TailAverages(cfg.average_from, epoch_end.consider)] if cfg.average_from else []
     allowed = cvss_value_token_ids(tokenizer, draft.labels)
     with tempfile.TemporaryDirectory() as work:
         stats = train(
-            model, rows, cfg, work, CvssTrainer, [epoch_end], n_frozen=n_frozen, allowed=allowed, loss=cfg.loss
+            model,
+            rows,
+            cfg,
+            work,
+            CvssTrainer,
+            [epoch_end, *averages],
+            n_frozen=n_frozen,
+            allowed=allowed,
+            loss=cfg.loss,
         )
 
     if not is_main_process():
@@ -239,6 +249,8 @@ def train_cvss(
     metrics["train_seconds"] = round(time.time() - started, 1)
     metrics["cache_seconds"] = round(cache_seconds, 1)
     metrics["best_epoch"] = best_epoch
+    if cfg.average_from:
+        metrics["average_from"] = epoch_end.best_average_from
     metrics["epochs"] = [{k: v for k, v in h.items() if k != "n"} for h in epoch_end.history]
     metrics.update({f"train_{k}": v for k, v in stats.items()})
     log.info("CVSS validation: %s", json.dumps(metrics))

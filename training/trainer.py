@@ -40,6 +40,9 @@ class TrainConfig:
     loss: str = "allowed"  # CVSS: "allowed" (softmax over the allowed values) or "vocab" (full vocabulary)
     label_smoothing: float = 0.0  # ATT&CK head loss
     select_best_epoch: bool = True  # keep the epoch that scores best on validation (when there is one)
+    # candidate start epochs of a tail average of the weights (`training/weight_average.py`), chosen with the
+    # epoch count on validation (ATT&CK: the out-of-fold logits); (): the live weights only
+    average_from: tuple[int, ...] = ()
 
 
 class StatesCollator:
@@ -141,15 +144,17 @@ class _ListDataset(torch.utils.data.Dataset):
 
 
 class EpochEnd(TrainerCallback):
-    """At each epoch end: call `evaluate(model)` (a dict with a 'score', higher is better) and keep a copy
-    of the trainable weights of the best epoch; stop after `stop_after` epochs.
+    """At each epoch end: call `evaluate(model, epoch, average_from)` (a dict with a 'score', higher is
+    better; `average_from` 0: the live weights) and keep a copy of the trainable weights that scored best;
+    stop after `stop_after` epochs. A `TailAverages` callback offers its averages through `consider`.
 
-    The best weights are restored when training ends, so the artifact is the best epoch, not the last.
+    The best weights are restored when training ends, so the artifact is the best candidate, not the last.
+    Ties go to the candidate scored first: the earlier epoch, and at one epoch the live weights.
     """
 
     def __init__(
         self,
-        evaluate: Callable[[Any, int], dict[str, Any]] | None = None,
+        evaluate: Callable[[Any, int, int], dict[str, Any]] | None = None,
         keep_best: bool = True,
         stop_after: int = 0,
     ) -> None:
@@ -157,10 +162,11 @@ class EpochEnd(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, torch.Tensor] | None = None
         self.best_epoch = 0
+        self.best_average_from = 0
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = max(1, round(state.epoch or 0))
-        self._run(epoch, model)
+        self.consider(model, epoch)
         if self.stop_after and epoch >= self.stop_after:
             control.should_training_stop = True
         return control
@@ -169,22 +175,26 @@ class EpochEnd(TrainerCallback):
         # A run capped by max_steps can end inside an epoch: score where it stopped, as a partial epoch.
         epoch = max(1, round(state.epoch or 0))
         if self.evaluate is not None and not any(h["epoch"] == epoch for h in self.history):
-            self._run(epoch, model)
+            self.consider(model, epoch)
 
-    def _run(self, epoch: int, model) -> None:
-        if self.evaluate is not None:
-            was_training = model.training
-            model.eval()
-            result = {"epoch": epoch, **self.evaluate(model, epoch)}
-            model.train(was_training)
-            self.history.append(result)
-            log.info("epoch %d: %s", epoch, {k: v for k, v in result.items() if isinstance(v, (int, float))})
-            if self.keep_best and (self.best is None or result["score"] > max(h["score"] for h in self.history[:-1])):
-                self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-                self.best_epoch = epoch
+    def consider(self, model, epoch: int, average_from: int = 0) -> None:
+        """Score the model's current trainable weights as the candidate (`average_from`, `epoch`)."""
+        if self.evaluate is None:
+            return
+        was_training = model.training
+        model.eval()
+        result = {"epoch": epoch, **self.evaluate(model, epoch, average_from)}
+        if average_from:
+            result["average_from"] = average_from
+        model.train(was_training)
+        self.history.append(result)
+        log.info("epoch %d: %s", epoch, {k: v for k, v in result.items() if isinstance(v, (int, float))})
+        if self.keep_best and (self.best is None or result["score"] > max(h["score"] for h in self.history[:-1])):
+            self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best_epoch, self.best_average_from = epoch, average_from
 
     def restore_best(self, model) -> int:
-        """Load the best epoch's trainable weights into `model`; returns that epoch (0: nothing kept)."""
+        """Load the best candidate's trainable weights into `model`; returns its epoch (0: nothing kept)."""
         if self.best is not None:
             params = dict(model.named_parameters())
             with torch.no_grad():

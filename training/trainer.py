@@ -143,6 +143,19 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
+def trainable_copy(model) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights training changes (LoRA factors, a trained head), by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (a `trainable_copy`, or an average of them) into the model's parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in weights.items():
+            params[n].copy_(v.to(params[n].dtype))
+
+
 class EpochEnd(TrainerCallback):
     """At each epoch end: call `evaluate(model, epoch, average_from)` (a dict with a 'score', higher is
     better; `average_from` 0: the live weights) and keep a copy of the trainable weights that scored best;
@@ -190,16 +203,13 @@ class EpochEnd(TrainerCallback):
         self.history.append(result)
         log.info("epoch %d: %s", epoch, {k: v for k, v in result.items() if isinstance(v, (int, float))})
         if self.keep_best and (self.best is None or result["score"] > max(h["score"] for h in self.history[:-1])):
-            self.best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best = trainable_copy(model)
             self.best_epoch, self.best_average_from = epoch, average_from
 
     def restore_best(self, model) -> int:
         """Load the best candidate's trainable weights into `model`; returns its epoch (0: nothing kept)."""
         if self.best is not None:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for n, v in self.best.items():
-                    params[n].copy_(v)
+            load_trainable(model, self.best)
         return self.best_epoch
 
 

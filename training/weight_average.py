@@ -15,9 +15,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
-
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+from training.trainer import load_trainable, trainable_copy
 
 
 class TailAverages(TrainerCallback):
@@ -35,7 +33,7 @@ class TailAverages(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         epoch = math.ceil(state.epoch - 1e-9)  # the 1-based epoch this step belongs to
-        params = _trainable(model)
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
             for s in self.starts:
                 if epoch < s:
@@ -60,22 +58,18 @@ class TailAverages(TrainerCallback):
     @contextmanager
     def swapped_in(self, model, start: int) -> Iterator[None]:
         """The average from `start` in place of the live weights, for the duration of the block."""
-        live = {n: p.detach().clone() for n, p in _trainable(model).items()}
+        live = trainable_copy(model)
         was_training = model.training
         self.apply(model, start)
         model.eval()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for n, p in _trainable(model).items():
-                    p.copy_(live[n])
+            load_trainable(model, live)
             model.train(was_training)
 
     def apply(self, model, start: int) -> None:
         """Load the average from `start` into the model's trainable weights, for good."""
         if start not in self.means:
             raise ValueError(f"no step was averaged from epoch {start} (trained {max(self.counts.values())} steps)")
-        with torch.no_grad():
-            for n, p in _trainable(model).items():
-                p.copy_(self.means[start][n].to(p.dtype))
+        load_trainable(model, self.means[start])

@@ -27,6 +27,9 @@ def test_group_k_folds_hold_out_every_group_once_and_balance_sizes():
     assert folds == [("a", "d"), ("b", "c", "e")]
     with pytest.raises(ValueError):
         group_k_folds(ex, 6)
+    # 0: leave-one-group-out, largest group first
+    assert group_k_folds(ex, 0) == [("a",), ("b",), ("c",), ("d",), ("e",)]
+    assert group_k_folds(_ex("a", 3) + _ex("b", 3), 0) == [("a",), ("b",)]
 
 
 def _synthetic(seed: int = 0):

@@ -4,10 +4,11 @@ Labels: every current Enterprise technique in the catalogue; CTI-HAL sub-techniq
 parent and revoked ids to their replacement. Each technique's catalogue name and description is a
 training example, so techniques absent from CTI-HAL can still be predicted.
 
-Validation is across threat groups, the shift users meet: groups are split into k folds; each fold
-trains on the other groups and records its held-out logits after every epoch. The epoch count is
-chosen on those out-of-fold logits, the temperature is fitted on them, and the shipped model is then
-trained on every group for that many epochs. With `validation_groups`, one held-out fold is the model.
+Validation is across threat groups, the shift users meet: groups are split into k folds (by default
+one per group, so each fold model, like the shipped one, trains on every group but the one it meets);
+each fold trains on the other groups and records its held-out logits after every epoch. The epoch
+count is chosen on those out-of-fold logits, the temperature is fitted on them, and the shipped model
+is then trained on every group for that many epochs. With `validation_groups`, one held-out fold is the model.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from training.trainer import (
 from training.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
-DEFAULT_FOLDS = 3
+DEFAULT_FOLDS = 0  # leave-one-group-out: each fold trains on all groups but one, as the shipped model meets a new one
 RATIONALE_GROUP = "rationale"  # the group of annotator-reason rows (tied to their item's group)
 
 

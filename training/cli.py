@@ -169,7 +169,9 @@ def attack(
     validation_group: Annotated[
         list[str] | None, typer.Option(help="Hold out these group(s) instead of cross-validating; not trained on")
     ] = None,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds over threat groups")] = 3,
+    folds: Annotated[
+        int, typer.Option(help="Cross-validation folds over threat groups (0: one per group, leave-one-group-out)")
+    ] = 0,
     label_smoothing: float = 0.0,
     max_input_tokens: int = 256,
     lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,

@@ -34,12 +34,14 @@ def split_attack(
 
 def group_k_folds(examples: Sequence[AttackExample], k: int) -> list[tuple[str, ...]]:
     """Partition the threat groups into `k` folds of similar item counts (largest group first, each
-    into the fold with fewest items; ties by name), so every group is held out exactly once."""
+    into the fold with fewest items; ties by name), so every group is held out exactly once.
+    `k` = 0: one fold per group (leave-one-group-out), whatever the number of groups."""
     sizes: dict[str, int] = {}
     for e in examples:
         sizes[e.group] = sizes.get(e.group, 0) + 1
+    k = k or len(sizes)
     if not 2 <= k <= len(sizes):
-        raise ValueError(f"need 2 <= folds <= {len(sizes)} groups; got {k}")
+        raise ValueError(f"need 2 <= folds <= {len(sizes)} groups (or 0: one per group); got {k}")
     folds: list[list[str]] = [[] for _ in range(k)]
     totals = [0] * k
     for g in sorted(sizes, key=lambda g: (-sizes[g], g)):

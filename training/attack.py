@@ -5,8 +5,8 @@ parent and revoked ids to their replacement. Each technique's catalogue name and
 training example, so techniques absent from CTI-HAL can still be predicted.
 
 Validation is across threat groups, the shift users meet: groups are split into k folds (by default
-one per group, so each fold model, like the shipped one, trains on every group but the one it meets);
-each fold trains on the other groups and records its held-out logits after every epoch. The epoch
+one per group, so each fold model, like the shipped one, meets a group it never trained on after
+training on all the others); each fold records its held-out logits after every epoch. The epoch
 count is chosen on those out-of-fold logits, the temperature is fitted on them, and the shipped model
 is then trained on every group for that many epochs. With `validation_groups`, one held-out fold is the model.
 """

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from tests.conftest import run_module
 from training.attack_cv import excerpt_ids, honest_attack_metrics, per_group_metrics, summarize
 from training.calibrate import fit_temperature, nll
 from training.data import AttackExample
 from training.metrics import attack_metrics, shared_excerpt_metrics
-from training.split import group_k_folds
+from training.split import SplitError, group_k_folds
 
 
 def _ex(group: str, n: int) -> list[AttackExample]:
@@ -25,11 +26,27 @@ def test_group_k_folds_hold_out_every_group_once_and_balance_sizes():
     assert sorted(flat) == ["a", "b", "c", "d", "e"] and len(flat) == len(set(flat))
     # largest group first, each into the fold with fewer items: a(50) | b(30) c(25)=55 | +d(20)->a: 70 | +e(5)->60
     assert folds == [("a", "d"), ("b", "c", "e")]
-    with pytest.raises(ValueError):
+    with pytest.raises(SplitError, match="folds <= 5 groups"):
         group_k_folds(ex, 6)
     # 0: leave-one-group-out, largest group first
     assert group_k_folds(ex, 0) == [("a",), ("b",), ("c",), ("d",), ("e",)]
     assert group_k_folds(_ex("a", 3) + _ex("b", 3), 0) == [("a",), ("b",)]
+
+
+@pytest.mark.parametrize(
+    ("option", "hint", "message"),
+    [
+        (["--folds", "7"], "--folds", "need 2 <= folds <= 6 groups"),
+        (["--validation-group", "lazarus"], "--validation-group", "['lazarus'] not in the data"),
+    ],
+)
+def test_attack_cli_refuses_folds_the_groups_cannot_fill(tmp_path, cti_hal, option, hint, message):
+    """A usage error, before any model loads: exit 2 naming the option, no traceback, nothing written."""
+    out = tmp_path / "a"
+    r = run_module("training", "attack", "--data", str(cti_hal), "--out", str(out), *option, COLUMNS="300")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert hint in r.stderr and message in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
 
 
 def _synthetic(seed: int = 0):

@@ -194,6 +194,7 @@ def attack(
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
     from training.attack import train_attack
     from training.data import DataError
+    from training.split import SplitError
 
     _setup_logging()
     cfg = _config(
@@ -225,6 +226,8 @@ def attack(
             rationales=rationales,
             imprint=imprint_head,
         )
+    except SplitError as e:
+        raise typer.BadParameter(str(e), param_hint="--validation-group" if validation_group else "--folds") from e
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e
     typer.echo(m.model_dump_json(include={"name", "version", "temperature", "metrics"}, indent=2))

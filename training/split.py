@@ -20,6 +20,10 @@ def split_cvss(
     return ranked[n_validation:], ranked[:n_validation]
 
 
+class SplitError(ValueError):
+    """The requested held-out groups or folds do not fit the threat groups in the data."""
+
+
 def split_attack(
     examples: Sequence[AttackExample], validation_groups: Sequence[str]
 ) -> tuple[list[AttackExample], list[AttackExample]]:
@@ -28,7 +32,7 @@ def split_attack(
     known = {e.group for e in examples}
     missing = val - known
     if missing:
-        raise ValueError(f"validation group(s) {sorted(missing)} not in the data; groups: {sorted(known)}")
+        raise SplitError(f"validation group(s) {sorted(missing)} not in the data; groups: {sorted(known)}")
     return [e for e in examples if e.group not in val], [e for e in examples if e.group in val]
 
 
@@ -41,7 +45,7 @@ def group_k_folds(examples: Sequence[AttackExample], k: int) -> list[tuple[str, 
         sizes[e.group] = sizes.get(e.group, 0) + 1
     k = k or len(sizes)
     if not 2 <= k <= len(sizes):
-        raise ValueError(f"need 2 <= folds <= {len(sizes)} groups (or 0: one per group); got {k}")
+        raise SplitError(f"need 2 <= folds <= {len(sizes)} groups (or 0: one per group); got {k}")
     folds: list[list[str]] = [[] for _ in range(k)]
     totals = [0] * k
     for g in sorted(sizes, key=lambda g: (-sizes[g], g)):

@@ -97,7 +97,7 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
         out,
         cti_hal,
         *("--epochs", "2", "--batch-size", "8", "--limit-train", "8", "--folds", "2", "--procedures", "1"),
-        *("--average-from", "2"),
+        *("--average-from", "2", "--reimprint", "0.5"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
@@ -114,8 +114,13 @@ def test_attack_cross_validates_then_ships_a_model_of_every_group(tmp_path, cti_
     by_average = m.metrics["heldout_top1_by_average"]
     assert set(by_average) == {"2-2"}
     scores = {(0, int(e)): v for e, v in m.metrics["heldout_top1_by_epoch"].items()} | {(2, 2): by_average["2-2"]}
-    assert (m.metrics["average_from"], m.metrics["best_epoch"]) == pick_candidate(scores)
-    assert m.metrics["mean"]["top1"] == pytest.approx(scores[pick_candidate(scores)])
+    # a re-imprinted head (blend 0.5 of epoch 2's live weights) ships only if it beats every other candidate
+    blended = m.metrics["heldout_top1_by_reimprint"]["0.5"]
+    best = pick_candidate(scores)
+    wins = blended > scores[best]
+    assert m.hyperparameters["reimprint"] == [0.5] and m.metrics["reimprint"] == (0.5 if wins else 0.0)
+    assert (m.metrics["average_from"], m.metrics["best_epoch"]) == ((0, 2) if wins else best)
+    assert m.metrics["mean"]["top1"] == pytest.approx(blended if wins else scores[best])
     for k in ("top1", "top5", "ece_calibrated", "ece_calibrated_floor"):
         vals = [m.metrics["per_group"][g][k] for g in groups]
         assert m.metrics["mean"][k] == pytest.approx(sum(vals) / 6)

@@ -50,11 +50,11 @@ from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.conformal import attack_conformal
 from training.data import AttackExample, load_cti_hal
-from training.head_init import imprint_head
+from training.head_init import imprint_head, reimprint_head, reimprint_logits
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.predict import attack_logits
 from training.procedures import PROCEDURE_GROUP, procedure_examples
-from training.split import group_k_folds, split_attack
+from training.split import SplitError, group_k_folds, split_attack
 from training.trainer import (
     AttackTrainer,
     EpochEnd,
@@ -109,8 +109,11 @@ def train_attack(
     procedures: int = 0,
     rationales: bool = False,
     imprint: bool = False,
+    reimprint: tuple[float, ...] = (),
 ) -> Manifest:
     started = time.time()
+    if reimprint and validation_groups:
+        raise SplitError("re-imprint blend weights are chosen on cross-validation folds, not a held-out group")
     labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures, rationales)
     index = {t.id: i for i, t in enumerate(labels)}
     fold_groups = [tuple(validation_groups)] if validation_groups else group_k_folds(examples, folds)
@@ -160,6 +163,7 @@ def train_attack(
         procedures=procedures,
         rationales=rationales,
         imprint_head=imprint,
+        reimprint=list(reimprint),
         folds=[list(f) for f in fold_groups],
         limit_train=limit_train,
     )
@@ -183,6 +187,7 @@ def train_attack(
     # Cross-validation: per fold, held-out logits after every epoch, of the live weights (average start 0)
     # and of each candidate tail average.
     oof: dict[tuple[int, int], np.ndarray] = {}  # (average start, epoch) -> [n_examples, n_labels]
+    blend_oof: dict[float, np.ndarray] = {}  # re-imprint blend weight -> the same, of the last epoch's weights
     fold_models = []
     for k, held in enumerate(fold_groups):
         train_idx = [i for i, e in enumerate(rows_ex) if e.trains_without(held)]
@@ -211,6 +216,11 @@ def train_attack(
                 n_frozen=n_frozen,
                 label_smoothing=cfg.label_smoothing,
             )
+        if reimprint:
+            train_rows, test_states = [rows[i] for i in train_idx], [states[i] for i in test_idx]
+            blends = reimprint_logits(model, n_frozen, train_rows, test_states, reimprint)
+            for w, lg in blends.items():
+                blend_oof.setdefault(w, np.full((len(examples), len(labels)), np.nan, dtype=np.float32))[test_idx] = lg
         fold_models.append((model, epoch_end))
 
     held_mask = np.isin(groups_all, [g for f in fold_groups for g in f])
@@ -222,18 +232,30 @@ def train_attack(
         best_start, best_epoch = fold_models[0][1].best_average_from, fold_models[0][1].best_epoch
     else:
         best_start, best_epoch = pick_candidate(by_candidate, cfg.select_best_epoch)
+    # Re-imprinted heads are candidates of the last epoch's live weights; one wins only by scoring higher.
+    by_blend = {w: _mean_top1(lg[held_mask], oof_targets, oof_groups) for w, lg in blend_oof.items()}
+    blend = max(sorted(by_blend), key=lambda w: by_blend[w], default=0.0)
+    if not by_blend or by_blend[blend] <= by_candidate[(best_start, best_epoch)]:
+        blend = 0.0
+    else:
+        best_start, best_epoch = 0, max(e for s, e in by_candidate if s == 0)
     # float64 from here on, as `heldout.load` gives them back: a refit then reproduces these metrics exactly
-    oof_logits = oof[(best_start, best_epoch)][held_mask].astype(np.float64)
+    oof_logits = (blend_oof[blend] if blend else oof[(best_start, best_epoch)])[held_mask].astype(np.float64)
     temperature = pooled_temperature(oof_logits, oof_targets)
     for c in seen:
         if c[0]:
             summary = summarize(per_group_metrics(oof[c][held_mask].astype(np.float64), oof_targets, oof_groups))
             log.info("average from epoch %d to %d: %s", *c, {k: round(v, 4) for k, v in summary["mean"].items()})
+    for w, lg in blend_oof.items():
+        summary = summarize(per_group_metrics(lg[held_mask].astype(np.float64), oof_targets, oof_groups))
+        log.info("re-imprinted head, blend %.2f: %s", w, {k: round(v, 4) for k, v in summary["mean"].items()})
     log.info(
         "held-out mean top-1 by epoch %s, by (average start, epoch) %s; keeping %s, T=%.3f",
         by_epoch,
         {f"{s}-{e}": round(v, 4) for (s, e), v in by_candidate.items() if s},
-        f"epoch {best_epoch}" + (f", averaged from epoch {best_start}" if best_start else ""),
+        f"epoch {best_epoch}"
+        + (f", averaged from epoch {best_start}" if best_start else "")
+        + (f", head re-imprinted at blend {blend}" if blend else ""),
         temperature,
     )
 
@@ -253,6 +275,11 @@ def train_attack(
                 "heldout_top1_by_average": {f"{s}-{e}": v for (s, e), v in by_candidate.items() if s},
             }
             if cfg.average_from
+            else {}
+        ),
+        **(
+            {"reimprint": blend, "heldout_top1_by_reimprint": {str(w): v for w, v in by_blend.items()}}
+            if reimprint
             else {}
         ),
         "temperature": temperature,
@@ -292,6 +319,8 @@ def train_attack(
             )
         if average:
             average.apply(model, best_start)
+        if blend:
+            reimprint_head(model, rows, n_frozen, blend)
     if not is_main_process():
         return draft
     device = pick_device()

@@ -189,6 +189,13 @@ def attack(
         list[int] | None,
         typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on the folds"),
     ] = None,
+    reimprint: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Candidate weight w of a head re-imprinted after training, (1 - w) * head + w * prototypes of the "
+            "trained model's states; repeatable; chosen on the folds"
+        ),
+    ] = None,
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
@@ -225,6 +232,7 @@ def attack(
             procedures=procedures,
             rationales=rationales,
             imprint=imprint_head,
+            reimprint=tuple(reimprint or ()),
         )
     except SplitError as e:
         raise typer.BadParameter(str(e), param_hint="--validation-group" if validation_group else "--folds") from e

@@ -49,3 +49,32 @@ def imprint_head(model, rows: list[dict], n_frozen: int) -> float:
     head.weight.copy_(weight.to(head.weight.device))
     log.info("imprinted the head from %d rows over %d labels (row norm %.3g)", len(rows), len(labels.unique()), scale)
     return scale
+
+
+@torch.no_grad()
+def reimprint_logits(
+    model, n_frozen: int, train_rows: list[dict], test_states: list[torch.Tensor], weights: tuple[float, ...]
+) -> dict[float, np.ndarray]:
+    """Held-out logits of the trained head blended with prototypes re-imprinted from the *trained* model's
+    states of its training rows, `(1 - w) * head + w * prototypes`, for each blend weight `w`: candidates
+    the folds choose among, one forward pass over the rows for all of them (the head is linear)."""
+    head = score_head(model).weight.detach().cpu().double()
+    proto = _prototypes(model, n_frozen, train_rows, head)
+    h = last_token_states(model, n_frozen, test_states).double()
+    return {w: (h @ ((1 - w) * head + w * proto).T).float().numpy() for w in weights}
+
+
+@torch.no_grad()
+def reimprint_head(model, rows: list[dict], n_frozen: int, weight: float) -> None:
+    """Blend the trained `score` head with prototypes from the trained model's states of `rows`, by `weight`."""
+    head = score_head(model)
+    trained = head.weight.detach().cpu().double()
+    proto = _prototypes(model, n_frozen, rows, trained)
+    head.weight.copy_(((1 - weight) * trained + weight * proto).to(head.weight.device, head.weight.dtype))
+    log.info("re-imprinted the trained head from %d rows (blend weight %.2f)", len(rows), weight)
+
+
+def _prototypes(model, n_frozen: int, rows: list[dict], head: torch.Tensor) -> torch.Tensor:
+    states = last_token_states(model, n_frozen, [r["states"] for r in rows])
+    labels = torch.tensor([r["labels"] for r in rows])
+    return imprinted_weights(states, labels, head)[0].double()

@@ -242,13 +242,12 @@ def train_attack(
     # float64 from here on, as `heldout.load` gives them back: a refit then reproduces these metrics exactly
     oof_logits = (blend_oof[blend] if blend else oof[(best_start, best_epoch)])[held_mask].astype(np.float64)
     temperature = pooled_temperature(oof_logits, oof_targets)
-    for c in seen:
-        if c[0]:
-            summary = summarize(per_group_metrics(oof[c][held_mask].astype(np.float64), oof_targets, oof_groups))
-            log.info("average from epoch %d to %d: %s", *c, {k: round(v, 4) for k, v in summary["mean"].items()})
-    for w, lg in blend_oof.items():
+    extra_candidates = {f"average from epoch {s} to {e}": oof[(s, e)] for s, e in seen if s} | {
+        f"re-imprinted head, blend {w:.2f}": lg for w, lg in blend_oof.items()
+    }
+    for name, lg in extra_candidates.items():
         summary = summarize(per_group_metrics(lg[held_mask].astype(np.float64), oof_targets, oof_groups))
-        log.info("re-imprinted head, blend %.2f: %s", w, {k: round(v, 4) for k, v in summary["mean"].items()})
+        log.info("%s: %s", name, {k: round(v, 4) for k, v in summary["mean"].items()})
     log.info(
         "held-out mean top-1 by epoch %s, by (average start, epoch) %s; keeping %s, T=%.3f",
         by_epoch,

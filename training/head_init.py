@@ -61,7 +61,7 @@ def reimprint_logits(
     head = score_head(model).weight.detach().cpu().double()
     proto = _prototypes(model, n_frozen, train_rows, head)
     h = last_token_states(model, n_frozen, test_states).double()
-    return {w: (h @ ((1 - w) * head + w * proto).T).float().numpy() for w in weights}
+    return {w: (h @ _blend(head, proto, w).T).float().numpy() for w in weights}
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def reimprint_head(model, rows: list[dict], n_frozen: int, weight: float) -> Non
     head = score_head(model)
     trained = head.weight.detach().cpu().double()
     proto = _prototypes(model, n_frozen, rows, trained)
-    head.weight.copy_(((1 - weight) * trained + weight * proto).to(head.weight.device, head.weight.dtype))
+    head.weight.copy_(_blend(trained, proto, weight).to(head.weight.device, head.weight.dtype))
     log.info("re-imprinted the trained head from %d rows (blend weight %.2f)", len(rows), weight)
 
 
@@ -78,3 +78,7 @@ def _prototypes(model, n_frozen: int, rows: list[dict], head: torch.Tensor) -> t
     states = last_token_states(model, n_frozen, [r["states"] for r in rows])
     labels = torch.tensor([r["labels"] for r in rows])
     return imprinted_weights(states, labels, head)[0].double()
+
+
+def _blend(head: torch.Tensor, proto: torch.Tensor, w: float) -> torch.Tensor:
+    return (1 - w) * head + w * proto

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def machine() -> str:
         import torch
 
         if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0).replace(" ", "-")
+            return file_safe(torch.cuda.get_device_name(0))
     except Exception:
         pass
     model = platform.processor() or platform.machine()
@@ -38,7 +39,13 @@ def machine() -> str:
     if cpuinfo.is_file():
         names = [ln.split(":", 1)[1] for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
         model = names[0] if names else model
-    return "cpu-" + "-".join(model.split()) + f"-{psutil.cpu_count()}c"
+    return f"cpu-{file_safe(model)}-{psutil.cpu_count()}c"
+
+
+def file_safe(name: str) -> str:
+    """A device name as one plain file-name part: trademark marks dropped, words joined by '-'
+    ("Intel(R) Xeon(R) Processor" -> "Intel-Xeon-Processor")."""
+    return "-".join(re.findall(r"[A-Za-z0-9_.]+", re.sub(r"\((?:R|TM)\)", " ", name, flags=re.IGNORECASE)))
 
 
 class ServerProcess:

@@ -10,6 +10,8 @@ import pytest
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
 from training.artifact.manifest import load_manifest
 from training.attack_cv import pick_candidate
+from training.data import load_cvss
+from training.split import split_cvss
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +42,10 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
         "2",
         "--average-from",
         "2",
+        "--seed",
+        "14",
+        "--split-seed",
+        "13",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_manifest(out)
@@ -58,6 +64,11 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     assert "ece_calibrated_crossfit" in m.metrics
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train_ids"]) & set(split["validation_ids"])  # split by CVE
+    # --split-seed, not --seed, drew the validation CVEs (another draw of a recipe, scored on the same split)
+    examples = load_cvss([data])
+    by_seed = {s: sorted(e.cve_id for e in split_cvss(examples, 8, s)[1]) for s in (13, 14)}
+    assert by_seed[13] != by_seed[14]
+    assert sorted(split["validation_ids"]) == by_seed[13]
 
     r = _cli("evaluate", "--task", "cvss", "--artifact", str(out), "--data", str(data), "--json")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -100,7 +100,10 @@ def cvss(
     lora_r: int = 16,
     lora_alpha: int = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (0 trains ~25% faster on a CPU)")] = 0.0,
-    seed: int = 13,
+    seed: Annotated[int, typer.Option(help="Seed of the adapter's initial draw and the batch order")] = 13,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Seed of the CVE-disjoint validation split (default: --seed)")
+    ] = None,
     max_steps: int = -1,
     threads: int = 0,
     n_validation: int = 120,
@@ -145,7 +148,15 @@ def cvss(
         raise typer.BadParameter(f"must be one of {ANSWER_FORMATS}", param_hint="--answers")
     try:
         m = train_cvss(
-            data, out, base_model, cfg, n_validation, max_input_tokens, limit_train=limit_train, answers=answers
+            data,
+            out,
+            base_model,
+            cfg,
+            n_validation,
+            max_input_tokens,
+            limit_train=limit_train,
+            answers=answers,
+            split_seed=seed if split_seed is None else split_seed,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e

@@ -176,10 +176,14 @@ def train_cvss(
     name: str | None = None,
     limit_train: int = 0,
     answers: str = "letter",
+    split_seed: int | None = None,
 ) -> Manifest:
+    """`split_seed` draws the validation CVEs (default `cfg.seed`, which also draws the adapter and the
+    batch order), so other draws of one recipe can be scored on the same split."""
     started = time.time()
+    split_seed = cfg.seed if split_seed is None else split_seed
     examples = load_cvss(data)
-    train_ex, val_ex = split_cvss(examples, n_validation, cfg.seed)
+    train_ex, val_ex = split_cvss(examples, n_validation, split_seed)
     if limit_train:
         train_ex = train_ex[:limit_train]
     if not train_ex or not val_ex:
@@ -202,7 +206,7 @@ def train_cvss(
             sha256=data_hash([(e.cve_id, e.description, e.vector) for e in examples]),
             n_train=len(train_ex),
             n_validation=len(val_ex),
-            split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {cfg.seed})",
+            split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {split_seed})",
         ),
         answer_format=f"space-separated value {answers}s",
     )

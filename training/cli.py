@@ -156,7 +156,7 @@ def cvss(
             max_input_tokens,
             limit_train=limit_train,
             answers=answers,
-            split_seed=seed if split_seed is None else split_seed,
+            split_seed=split_seed,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from e

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
+from training import heldout
 from training.artifact.manifest import load_manifest
 from training.attack_cv import pick_candidate
 from training.data import load_cvss
@@ -81,6 +84,31 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     # cross-fitted on those 8
     assert report["model"]["n_calibration_scored"] == 60 - 24 - 8
     assert {"ece_metric_probabilities", "ece_uncalibrated", "ece_calibrated_crossfit"} <= set(report["model"])
+
+    # the prior correction, set on the trained adapter: a new version of the same adapter whose decoder
+    # shifts each value by -0.5 ln(its add-one share of the 24 training vectors)
+    fixed = tmp_path / "cvss-pc"
+    r = _cli(
+        "calibrate-cvss", "--artifact", str(out), "--data", str(data), "--out", str(fixed), "--prior-correction", "0.5"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    pc = load_manifest(fixed)
+    assert pc.version != m.version and pc.files["adapter_model.safetensors"] == m.files["adapter_model.safetensors"]
+    train_vals = [e.values for e in examples if e.cve_id in set(split["train_ids"])]
+    assert len(train_vals) == 24
+    for metric in m.labels.metrics:
+        n = len(metric.values)
+        for v in metric.values:
+            share = (1 + sum(t[metric.key] == v for t in train_vals)) / (len(train_vals) + n)
+            assert pc.prior_correction.log_prior[metric.key][v] == pytest.approx(math.log(share)), (metric.key, v)
+    # its kept validation scores were decoded with the shift: AV, the first step, sees the prompt alone in
+    # both, so its shifted probabilities are the plain ones times exp(shift), renormalised
+    plain, shifted = heldout.load(out), heldout.load(fixed)
+    order = [plain.ids.index(i) for i in shifted.ids]
+    values = list(m.labels.metrics[0].values)
+    w = np.exp(plain.logprobs["AV"][order]) * np.exp(pc.prior_correction.bias("AV", values))
+    assert np.exp(shifted.logprobs["AV"]) == pytest.approx(w / w.sum(1, keepdims=True), rel=1e-3, abs=1e-6)
+    assert pc.temperature == pc.metrics["temperature"] and pc.conformal is not None
     assert (out / "report" / "reliability_cvss.png").stat().st_size > 1000
     assert len(list((out / "report").glob("confusion_*.png"))) == 8
     load_manifest(out)  # the report folder does not break verification

@@ -55,6 +55,12 @@ def save_adapter_16bit(peft_model, out: Path, dtype: torch.dtype = torch.bfloat1
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def new_version() -> dict[str, str]:
+    """A manifest's `version` and `created_at`, stamped now: every change to what a model serves gets one."""
+    stamp = now_iso()
+    return {"version": stamp.replace(":", "").replace("-", ""), "created_at": stamp}
+
+
 def draft_manifest(
     *,
     task: str,
@@ -71,9 +77,8 @@ def draft_manifest(
     """The manifest of a run before training (metrics, temperature and file hashes come later)."""
     return Manifest(
         name=name or Path(out).name,
-        version=now_iso().replace(":", "").replace("-", ""),
         task=task,
-        created_at=now_iso(),
+        **new_version(),
         base_model=base_ref(base_model),
         prompt_template=prompt_template,
         max_input_tokens=max_input_tokens,

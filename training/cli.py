@@ -41,13 +41,19 @@ def calibrate_cvss(
     data: Annotated[list[Path], typer.Option(help="Data holding its validation CVEs")],
     out: Annotated[Path, typer.Option(help="Artifact folder to write (may be a new name)")],
     name: Annotated[str | None, typer.Option(help="Name of the written artifact")] = None,
+    prior_correction: Annotated[
+        float | None, typer.Option(help="Decode with this shift from the training prior (tau; 0: none; default: keep)")
+    ] = None,
 ) -> None:
-    """Fit a CVSS artifact's temperature on its validation CVEs (training does this itself now)."""
+    """Fit a CVSS artifact's temperature and prediction sets on its validation CVEs (training does this
+    itself now), after setting its prior correction if asked."""
     from training.cvss import calibrate_cvss as run
 
     _setup_logging()
-    m = run(artifact, data, out, name)
-    typer.echo(m.model_dump_json(include={"name", "version", "temperature"}, indent=2))
+    if prior_correction is not None and prior_correction < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--prior-correction")
+    m = run(artifact, data, out, name, prior_correction)
+    typer.echo(m.model_dump_json(include={"name", "version", "temperature", "prior_correction"}, indent=2))
 
 
 @app.command("conformal")

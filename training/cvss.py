@@ -29,7 +29,7 @@ from training.artifact.manifest import (
     write_split,
 )
 from training.artifact.prompting import CVSS_TEMPLATE
-from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
+from training.artifacts import data_hash, draft_manifest, new_version, save_adapter_16bit
 from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
 from training.conformal import cvss_conformal
 from training.data import CvssExample, load_cvss
@@ -38,6 +38,7 @@ from training.heldout import cvss_heldout
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.metrics import cvss_metrics
 from training.predict import predict_cvss
+from training.prior_correction import fit_prior_correction
 from training.split import calibration_halves, split_cvss
 from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
 from training.weight_average import TailAverages
@@ -107,9 +108,13 @@ def _conformal(held, labels: CvssLabels, temperature: float, train_ex, val_ex):
     return cvss_conformal(held, labels, temperature, calibration_halves(held.ids), baseline)
 
 
-def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None = None) -> Manifest:
-    """(Re-)fit an existing CVSS artifact's temperature on its validation CVEs and write it as `out`,
-    the adapter unchanged (what `train_cvss` does at its end, for artifacts trained before it did)."""
+def calibrate_cvss(
+    artifact: Path, data: list[Path], out: Path, name: str | None = None, prior_correction: float | None = None
+) -> Manifest:
+    """(Re-)fit an existing CVSS artifact's temperature and prediction sets on its validation CVEs and write
+    it as `out`, the adapter unchanged (what `train_cvss` does at its end, for artifacts trained before it
+    did). `prior_correction` (tau; None keeps the artifact's) sets the decoder's shift from the training
+    prior first, fitted on the artifact's training CVEs; the validation figures are then the new decoder's."""
     import shutil
 
     from training.artifact.layout import ADAPTER_FILE, SPLIT_FILE
@@ -120,21 +125,34 @@ def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None
     split = json.loads((Path(artifact) / SPLIT_FILE).read_text())  # typed or the earlier untyped layout
     split = CvssSplit(train_ids=split["train_ids"], validation_ids=split["validation_ids"])
     val_ids = set(split.validation_ids)
-    val_ex = sorted((e for e in load_cvss(data) if e.cve_id in val_ids), key=lambda e: e.cve_id)
+    examples = load_cvss(data)
+    val_ex = sorted((e for e in examples if e.cve_id in val_ids), key=lambda e: e.cve_id)
     if len(val_ex) != len(val_ids):
         raise ValueError(f"--data holds {len(val_ex)} of the artifact's {len(val_ids)} validation CVEs")
+    train_ids = set(split.train_ids)
+    train_ex = [e for e in examples if e.cve_id in train_ids]
+    if prior_correction is not None:
+        if len(train_ex) != len(train_ids):
+            raise ValueError(f"--data holds {len(train_ex)} of the artifact's {len(train_ids)} training CVEs")
+        correction = fit_prior_correction(manifest.labels, [e.values for e in train_ex], prior_correction)
+        manifest = manifest.model_copy(update={"prior_correction": correction if prior_correction else None})
     device = pick_device()
     base = base_for(manifest)
     raw = manifest.model_copy(update={"temperature": 1.0})
     model = load_causal_lm_with_adapter(Path(artifact), base, device, pick_dtype(device))
     metrics, probs = evaluate_cvss_model(model, load_tokenizer(base), raw, val_ex)
     calibration = _calibration(metrics, probs, val_ex)
+    held = cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(manifest))
+    conformal, report = _conformal(held, manifest.labels, calibration["temperature"], train_ex, val_ex)
     kept = {k: v for k, v in manifest.metrics.items() if k != "ece_metric_probabilities"}
     final = manifest.model_copy(
         update={
             "name": name or manifest.name,
+            **new_version(),  # the served probabilities (and, with a new correction, values) change
             "temperature": calibration["temperature"],
-            "metrics": {**kept, **calibration},
+            "conformal": conformal,
+            # the epochs' history stays that of training's own decoder
+            "metrics": {**kept, **metrics, **calibration, "conformal": report},
         }
     )
 
@@ -142,6 +160,7 @@ def calibrate_cvss(artifact: Path, data: list[Path], out: Path, name: str | None
         for f in ("adapter_config.json", ADAPTER_FILE):
             shutil.copy2(Path(artifact) / f, d / f)
         write_split(d, split)
+        heldout.save(d, held)
 
     return write_artifact(Path(out), final, write)
 
@@ -179,7 +198,8 @@ def train_cvss(
     split_seed: int | None = None,
 ) -> Manifest:
     """`split_seed` draws the validation CVEs (default `cfg.seed`, which also draws the adapter and the
-    batch order), so other draws of one recipe can be scored on the same split."""
+    batch order), so other draws of one recipe can be scored on the same split. It decodes greedily;
+    `calibrate_cvss` then sets a prior correction, if one is wanted."""
     started = time.time()
     split_seed = cfg.seed if split_seed is None else split_seed
     examples = load_cvss(data)

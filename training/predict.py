@@ -16,13 +16,23 @@ def predict_cvss(
 ) -> list[dict[str, dict[str, float]]]:
     """Greedy decoding restricted at each step to the metric's allowed values (as vLLM's grammar does).
 
-    Returns, per text, metric -> value -> probability (softmax over the allowed values only,
-    conditioned on the greedy choices before it, scaled by the manifest's temperature).
+    Returns, per text, metric -> value -> probability (softmax over the allowed values only, shifted by
+    the manifest's prior correction as the service's logits processor shifts them, conditioned on the
+    greedy choices before it, scaled by the manifest's temperature).
     """
     labels = manifest.labels
     assert isinstance(labels, CvssLabels)
     allowed = cvss_value_token_ids(tokenizer, labels)
     device = next(model.parameters()).device
+    shifts = [
+        torch.tensor(
+            manifest.prior_correction.bias(m.key, list(m.values))
+            if manifest.prior_correction
+            else [0.0] * len(m.values),
+            device=device,
+        )
+        for m in labels.metrics
+    ]
     results: list[dict[str, dict[str, float]]] = []
     tokenizer.padding_side = "left"
     for start in range(0, len(texts), batch_size):
@@ -35,7 +45,7 @@ def predict_cvss(
         past, logits = out.past_key_values, out.logits[:, -1, :]
         probs_per_metric = []
         for step, metric_ids in enumerate(allowed):
-            sub = torch.log_softmax(logits[:, metric_ids].float(), dim=-1).exp()
+            sub = torch.log_softmax(logits[:, metric_ids].float() + shifts[step], dim=-1).exp()
             probs_per_metric.append(sub.cpu())
             if step == len(allowed) - 1:
                 break

@@ -51,7 +51,7 @@ class CvssModel(VllmModel[CvssResult]):
         self._lora: dict[str, object] = {}
         self.merged = False
         self._value_ids: list[dict[int, str]] = []
-        self._params = None
+        self._params: dict[str, object] = {}  # adapter -> its SamplingParams
 
     @property
     def max_inflight(self) -> int:
@@ -63,21 +63,32 @@ class CvssModel(VllmModel[CvssResult]):
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import StructuredOutputsParams
 
+        from service.models.value_shift import EXTRA_ARG, step_tables
+        from service.models.value_shift import QUALNAME as SHIFT_PROCESSOR
+
         s = self.settings
         ids = cvss_value_token_ids(self.tokenizer, self.labels)
         self._value_ids = [
             dict(zip(tids, metric.values, strict=True)) for tids, metric in zip(ids, self.labels.metrics, strict=True)
         ]
-        # The grammar fixes which metric comes next; the allowed ids keep each step to the single-token
-        # values (no bare-space token then a letter). Together they leave exactly one metric's values,
-        # and `width` logprobs then cover every allowed value of every metric.
-        self._params = SamplingParams(
-            temperature=0.0,
-            max_tokens=len(self.labels.metrics),
-            logprobs=max(len(metric.values) for metric in self.labels.metrics),
-            allowed_token_ids=sorted({t for ids in self._value_ids for t in ids}),
-            structured_outputs=StructuredOutputsParams(regex=self.labels.answer_regex()),
-        )
+
+        def params(manifest: Manifest) -> SamplingParams:
+            # The grammar fixes which metric comes next; the allowed ids keep each step to the single-token
+            # values (no bare-space token then a letter). Together they leave exactly one metric's values,
+            # and `width` logprobs then cover every allowed value of every metric.
+            shifts = manifest.prior_correction
+            return SamplingParams(
+                temperature=0.0,
+                max_tokens=len(self.labels.metrics),
+                logprobs=max(len(metric.values) for metric in self.labels.metrics),
+                allowed_token_ids=sorted({t for ids in self._value_ids for t in ids}),
+                structured_outputs=StructuredOutputsParams(regex=self.labels.answer_regex()),
+                extra_args=None
+                if shifts is None
+                else {EXTRA_ARG: step_tables(ids, [shifts.bias(m.key, list(m.values)) for m in self.labels.metrics])},
+            )
+
+        self._params = {name: params(manifest) for name, (_, manifest) in self.adapters.items()}
         merge = s.cvss_merge_adapter == "always" or (
             s.cvss_merge_adapter == "auto" and not on_gpu() and len(self.adapters) == 1
         )
@@ -90,6 +101,8 @@ class CvssModel(VllmModel[CvssResult]):
             "logprobs_mode": "processed_logprobs",  # probabilities after the grammar mask
             "enable_prefix_caching": True,
         }
+        if any(manifest.prior_correction for _, manifest in self.adapters.values()):
+            common["logits_processors"] = [SHIFT_PROCESSOR]
         if merge:
             folded = await asyncio.to_thread(folded_model_dir, self.base, self.artifact, self.manifest, s.cache_dir)
             # the cached folder cannot be rebuilt while vLLM loads it
@@ -147,7 +160,7 @@ class CvssModel(VllmModel[CvssResult]):
         return result
 
     async def predict(self, prompt_ids: list[int], adapter: str = DEFAULT_ADAPTER):
-        return await self.generate(prompt_ids, self._params, self.lora_request(adapter))
+        return await self.generate(prompt_ids, self._params[adapter], self.lora_request(adapter))
 
     async def generate(self, prompt_ids: list[int], params, lora_request=None):
         """One completion from the engine with the caller's sampling parameters and LoRA (None: the base

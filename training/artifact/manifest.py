@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -153,6 +153,24 @@ class TrainingData(_Strict):
     notes: dict[str, Any] = Field(default_factory=dict)
 
 
+class PriorCorrection(_Strict):
+    """CVSS decision rule (logit adjustment, Menon et al. 2021): at each metric's decode step the allowed
+    values' logits are shifted by -tau * ln(the value's share of the training vectors) before the greedy
+    choice and the softmax. tau = 0 is plain greedy decoding; tau = 1 aims at balanced per-value recall.
+    A model trained by cross-entropy leans toward frequent values (AV:N, C:H); a tau between spreads its
+    answers toward the rare ones at a small cost in exact matches (measured in the README)."""
+
+    tau: float = Field(ge=0.0, description="Strength of the correction")
+    log_prior: dict[str, dict[str, float]] = Field(
+        description="metric -> value -> ln of its share of the training vectors (add-one smoothed)"
+    )
+
+    def bias(self, key: str, values: Sequence[str]) -> list[float]:
+        """The additive logit shift of metric `key`'s `values`, in that order."""
+        prior = self.log_prior[key]
+        return [-self.tau * prior[v] for v in values]
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -164,12 +182,27 @@ class Manifest(_Strict):
     max_input_tokens: int = Field(description="Inputs are truncated to this many tokens before templating")
     labels: Labels
     temperature: float = Field(1.0, description="Calibration temperature applied to logits")
+    prior_correction: PriorCorrection | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # manifests without it stay readable by releases before it
+        description="CVSS: the logit shift applied at each decode step before the choice and the softmax",
+    )
     conformal: Conformal | None = Field(None, description="Prediction-set thresholds, per offered coverage")
     hyperparameters: dict[str, Any]
     training_data: TrainingData
     metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics")
     library_versions: dict[str, str] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+
+    @model_validator(mode="after")
+    def _prior_covers_labels(self) -> Manifest:
+        if self.prior_correction is not None:
+            if not isinstance(self.labels, CvssLabels):
+                raise ValueError("prior_correction applies to CVSS manifests only")
+            for m in self.labels.metrics:
+                if set(self.prior_correction.log_prior.get(m.key, {})) != set(m.values):
+                    raise ValueError(f"prior_correction.log_prior must give every value of {m.key}")
+        return self
 
     def render_prompt(self, text: str) -> str:
         # replace, not format: inputs contain braces

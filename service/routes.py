@@ -158,6 +158,7 @@ async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
                 base_model={**manifest.base_model.model_dump(), "serving": model.base},
                 labels=labels,
                 temperature=manifest.temperature,
+                prior_correction=manifest.prior_correction.tau if manifest.prior_correction else None,
                 max_input_tokens=manifest.max_input_tokens,
                 adapters=sorted(getattr(model, "adapters", {})),
                 validation_metrics=manifest.metrics,

@@ -145,6 +145,9 @@ class LoadedModel(BaseModel):
     base_model: dict[str, Any]
     labels: int
     temperature: float
+    prior_correction: float | None = Field(
+        None, description="CVSS: tau of the decoder's shift away from the training prior (absent: plain greedy)"
+    )
     max_input_tokens: int
     adapters: list[str] = []
     validation_metrics: dict[str, Any]

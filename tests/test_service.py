@@ -231,11 +231,16 @@ def test_oversized_body_is_413_and_service_stays_ready(client):
 
 
 def test_models_and_openapi(client):
+    from training.artifact.manifest import load_manifest
+
     listing = client.get("/v1/models").json()
     assert listing["auth_enabled"] is False  # the shared test service runs without keys
     models = {m["task"]: m for m in listing["models"]}
     assert models["cvss"]["labels"] == 8 and models["attack"]["labels"] > 200
     assert models["attack"]["temperature"] > 0 and "top1" in models["attack"]["validation_metrics"]["mean"]
+    # the decoder users get: the default's prior correction, none for ATT&CK
+    assert models["cvss"]["prior_correction"] == load_manifest(DEFAULT_CVSS).prior_correction.tau
+    assert models["attack"]["prior_correction"] is None
     spec = client.get("/openapi.json").json()
     assert "/classify/cvss" in spec["paths"] and "/classify/attack" in spec["paths"]
     assert client.get("/docs").status_code == 200

@@ -108,6 +108,17 @@ def _conformal(held, labels: CvssLabels, temperature: float, train_ex, val_ex):
     return cvss_conformal(held, labels, temperature, calibration_halves(held.ids), baseline)
 
 
+def _score_and_fit(model, tokenizer, manifest: Manifest, train_ex, val_ex):
+    """The validation CVEs decoded with `manifest`'s decoder (temperature 1): their metrics with the fitted
+    temperature and the set report, the kept scores, and the set thresholds. Training's end and
+    `calibrate_cvss` both finish an artifact with this."""
+    metrics, probs = evaluate_cvss_model(model, tokenizer, manifest.model_copy(update={"temperature": 1.0}), val_ex)
+    metrics.update(_calibration(metrics, probs, val_ex))
+    held = cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(manifest))
+    conformal, metrics["conformal"] = _conformal(held, manifest.labels, metrics["temperature"], train_ex, val_ex)
+    return metrics, held, conformal
+
+
 def calibrate_cvss(
     artifact: Path, data: list[Path], out: Path, name: str | None = None, prior_correction: float | None = None
 ) -> Manifest:
@@ -138,21 +149,16 @@ def calibrate_cvss(
         manifest = manifest.model_copy(update={"prior_correction": correction if prior_correction else None})
     device = pick_device()
     base = base_for(manifest)
-    raw = manifest.model_copy(update={"temperature": 1.0})
     model = load_causal_lm_with_adapter(Path(artifact), base, device, pick_dtype(device))
-    metrics, probs = evaluate_cvss_model(model, load_tokenizer(base), raw, val_ex)
-    calibration = _calibration(metrics, probs, val_ex)
-    held = cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(manifest))
-    conformal, report = _conformal(held, manifest.labels, calibration["temperature"], train_ex, val_ex)
+    metrics, held, conformal = _score_and_fit(model, load_tokenizer(base), manifest, train_ex, val_ex)
     kept = {k: v for k, v in manifest.metrics.items() if k != "ece_metric_probabilities"}
     final = manifest.model_copy(
         update={
             "name": name or manifest.name,
             **new_version(),  # the served probabilities (and, with a new correction, values) change
-            "temperature": calibration["temperature"],
+            "temperature": metrics["temperature"],
             "conformal": conformal,
-            # the epochs' history stays that of training's own decoder
-            "metrics": {**kept, **metrics, **calibration, "conformal": report},
+            "metrics": {**kept, **metrics},  # the epochs' history stays that of training's own decoder
         }
     )
 
@@ -265,10 +271,7 @@ def train_cvss(
         return draft
     best_epoch = epoch_end.restore_best(model)
     model.eval().to(device, dtype=pick_dtype(device))
-    metrics, probs = evaluate_cvss_model(model, tokenizer, draft, val_ex)
-    metrics.update(_calibration(metrics, probs, val_ex))
-    held = cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(draft))
-    conformal, metrics["conformal"] = _conformal(held, draft.labels, metrics["temperature"], train_ex, val_ex)
+    metrics, held, conformal = _score_and_fit(model, tokenizer, draft, train_ex, val_ex)
     draft = draft.model_copy(update={"temperature": metrics["temperature"], "conformal": conformal})
     metrics["train_seconds"] = round(time.time() - started, 1)
     metrics["cache_seconds"] = round(cache_seconds, 1)

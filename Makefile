@@ -28,7 +28,7 @@ train-defaults: setup
 	$(PY) -m training calibrate-cvss --artifact artifacts/cvss-default --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv \
 	  --out artifacts/cvss-default --prior-correction 0.5
 	$(PY) -m training attack --data $(DATA_DIR)/cti-hal/data --out artifacts/attack-default \
-	  --epochs 4 --batch-size 16 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --folds 0 --procedures 8 --imprint-head
+	  --epochs 4 --batch-size 16 --learning-rate 1e-3 --lora-layers 12 --lora-dropout 0 --folds 0 --procedures 8 --head-init imprint
 
 evaluate-defaults: setup
 	$(PY) -m training evaluate --task cvss --artifact artifacts/cvss-default --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv

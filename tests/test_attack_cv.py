@@ -38,9 +38,10 @@ def test_group_k_folds_hold_out_every_group_once_and_balance_sizes():
     [
         (["--folds", "7"], "--folds", "need 2 <= folds <= 6 groups"),
         (["--validation-group", "lazarus"], "--validation-group", "['lazarus'] not in the data"),
+        (["--head-init", "prototype"], "--head-init", "must be one of ('random', 'imprint', 'probe')"),
     ],
 )
-def test_attack_cli_refuses_folds_the_groups_cannot_fill(tmp_path, cti_hal, option, hint, message):
+def test_attack_cli_refuses_options_the_data_or_code_cannot_serve(tmp_path, cti_hal, option, hint, message):
     """A usage error, before any model loads: exit 2 naming the option, no traceback, nothing written."""
     out = tmp_path / "a"
     r = run_module("training", "attack", "--data", str(cti_hal), "--out", str(out), *option, COLUMNS="300")

@@ -1,11 +1,23 @@
-"""The imprinted ATT&CK head: each seen label's row points at its examples' centred mean state."""
+"""How the ATT&CK head starts: imprinted (each seen label's row points at its examples' centred mean state)
+or a linear probe (an L2 logistic regression whose weight is chosen holding out each threat group)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 
-from training.head_init import SCALES, imprinted_weights, reimprint_head, reimprint_logits
+from training.data import AttackExample
+from training.head_init import (
+    PROBE_L2,
+    SCALES,
+    choose_probe_l2,
+    group_folds,
+    imprinted_weights,
+    probe_weights,
+    reimprint_head,
+    reimprint_logits,
+)
 
 
 def test_imprinted_rows_point_at_their_label_means_and_unseen_labels_keep_theirs():
@@ -30,6 +42,56 @@ def test_imprinted_rows_point_at_their_label_means_and_unseen_labels_keep_theirs
         other = w.clone()
         other[:3] = w[:3] / scale * float(s)
         assert ce(w) <= ce(other) + 1e-9
+
+
+def _clusters(n_per: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 8, generator=g) * 2
+    labels = torch.arange(3).repeat_interleave(n_per)
+    return centres[labels] + noise * torch.randn(len(labels), 8, generator=g), labels
+
+
+def test_probe_is_the_l2_logistic_regression_scikit_learn_fits():
+    """mean cross-entropy + l2 * ||W||^2 is scikit-learn's ||W||^2 / 2 + C * sum of cross-entropies at
+    C = 1 / (2 n l2): the same model, so the same probabilities."""
+    states, labels = _clusters(20, 1.5)
+    l2 = 3e-3
+    w = probe_weights(states, labels, 3, l2)
+    ref = LogisticRegression(C=1 / (2 * len(labels) * l2), fit_intercept=False, tol=1e-10, max_iter=10_000)
+    ref.fit(states.double().numpy(), labels.numpy())
+    ours = torch.softmax(states @ w.T, 1).numpy()
+    np.testing.assert_allclose(ours, ref.predict_proba(states.double().numpy()), atol=2e-4)
+    # a label with no training row is pushed below every seen one
+    w4 = probe_weights(states, labels, 4, l2)
+    p = torch.softmax(states @ w4.T, 1)
+    assert (p[:, 3] < p[torch.arange(len(labels)), labels]).all() and p[:, 3].max() < 0.25
+
+
+def test_probe_folds_hold_out_each_group_and_what_may_come_from_it():
+    rows = [
+        AttackExample("a1", "T1003", "apt29", "r1", "s"),
+        AttackExample("a2", "T1059", "apt29", "r1", "s"),
+        AttackExample("f1", "T1003", "fin6", "r2", "s"),
+        AttackExample("desc", "T1003", "catalogue", "catalogue", "c"),
+        AttackExample("proc", "T1059", "procedure", "ref", "c", ("apt29",)),  # may come from apt29
+    ]
+    folds = group_folds(rows, ["apt29", "fin6"])
+    assert [(tr.tolist(), te.tolist()) for tr, te in folds] == [
+        ([False, False, True, True, False], [True, True, False, False, False]),
+        ([True, True, False, True, True], [False, False, True, False, False]),
+    ]
+
+
+def test_probe_l2_is_chosen_on_the_held_out_groups():
+    """Noise labels: the strongest L2 predicts held-out rows best; clean clusters: the weakest."""
+    states, labels = _clusters(30, 0.3)
+    half = torch.arange(len(labels)) % 2 == 0
+    folds = [(half, ~half), (~half, half)]
+    clean, nll_clean = choose_probe_l2(states, labels, 3, folds)
+    noisy_labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    noisy, nll_noisy = choose_probe_l2(states, noisy_labels, 3, folds)
+    assert clean == min(PROBE_L2) and noisy == max(PROBE_L2)
+    assert nll_clean[clean] < 0.1 < np.log(3) - 0.1 < nll_noisy[noisy]
 
 
 TRAIN = [
@@ -70,3 +132,34 @@ def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
     reimprint_head(model, rows, n_frozen, 0.25)
     np.testing.assert_allclose(attack_logits_from_states(model, n_frozen, test_states).numpy(), cands[0.25], atol=1e-4)
     assert torch.equal(score_head(model).weight[3], before[3])  # a label without rows keeps its trained row
+
+
+def test_probe_start_fits_the_training_rows_through_the_model(base_model):
+    """`--head-init probe` sets the head to the probe of the model's own final states of its training rows:
+    it ranks each row's label first, where the seeded random head (what "random" keeps) does not."""
+    from peft import get_peft_model
+
+    from training.artifact.loading import load_tokenizer, new_sequence_classifier
+    from training.attack import start_head
+    from training.layer_cache import frozen_layer_count, frozen_prefix_states
+    from training.trainer import TrainConfig, attack_logits_from_states, lora_config, score_head
+
+    tok = load_tokenizer(str(base_model))
+    torch.manual_seed(0)
+    model = new_sequence_classifier(str(base_model), 4, tok.pad_token_id, torch.float32)  # label 3: no rows
+    model = get_peft_model(model, lora_config(TrainConfig(lora_layers=2), None, model.config.num_hidden_layers))
+    n_frozen = frozen_layer_count(model, 2)
+    states = frozen_prefix_states(model, [tok.encode(t) for t, _ in TRAIN], n_frozen, batch_size=2)
+    rows = [{"states": s, "labels": y} for s, (_, y) in zip(states, TRAIN, strict=True)]
+    examples = [AttackExample(t, f"T{y}", f"g{i % 2}", "r", "s") for i, (t, y) in enumerate(TRAIN)]
+    labels = torch.tensor([y for _, y in TRAIN])
+
+    random_head = score_head(model).weight.detach().clone()
+    start_head(model, "random", rows, examples, ["g0", "g1"], n_frozen)
+    assert torch.equal(score_head(model).weight, random_head)
+    assert not (attack_logits_from_states(model, n_frozen, states).argmax(1) == labels).all()
+
+    start_head(model, "probe", rows, examples, ["g0", "g1"], n_frozen)
+    probs = torch.softmax(attack_logits_from_states(model, n_frozen, states), 1)
+    assert (probs.argmax(1) == labels).all()
+    assert (probs[:, 3] < 0.25).all()  # the label with no row is pushed down, not left at its random row

@@ -50,7 +50,7 @@ from training.baseline import attack_baseline_oof
 from training.catalogue import CATALOGUE_NAME, catalogue
 from training.conformal import attack_conformal
 from training.data import AttackExample, load_cti_hal
-from training.head_init import imprint_head, reimprint_head, reimprint_logits
+from training.head_init import HEAD_INITS, imprint_head, probe_head, reimprint_head, reimprint_logits
 from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.predict import attack_logits
 from training.procedures import PROCEDURE_GROUP, procedure_examples
@@ -90,6 +90,17 @@ def fresh_model(base_path: str, n_labels: int, pad_id: int, cfg: TrainConfig):
     return model
 
 
+def start_head(
+    model, head_init: str, rows: list[dict], examples: list[AttackExample], groups: list[str], n_frozen: int
+) -> None:
+    """Set the head's starting weights from the training `rows` (`examples[i]` is row i's source; `groups`
+    the threat groups they hold) as `head_init` says; "random" keeps the seeded draw."""
+    if head_init == "imprint":
+        imprint_head(model, rows, n_frozen)
+    elif head_init == "probe":
+        probe_head(model, rows, n_frozen, examples, groups)
+
+
 def _mean_top1(logits: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> float:
     """Held-out top-1 averaged over groups (each group weighs the same): what epochs are chosen by."""
     return float(np.mean([np.mean(logits[groups == g].argmax(1) == targets[groups == g]) for g in np.unique(groups)]))
@@ -108,10 +119,12 @@ def train_attack(
     folds: int = DEFAULT_FOLDS,
     procedures: int = 0,
     rationales: bool = False,
-    imprint: bool = False,
+    head_init: str = "random",
     reimprint: tuple[float, ...] = (),
 ) -> Manifest:
     started = time.time()
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, not {head_init!r}")
     if reimprint and validation_groups:
         raise SplitError("re-imprint blend weights are chosen on cross-validation folds, not a held-out group")
     labels, examples, extra, dropped = attack_examples(data, use_catalogue, limit_train, procedures, rationales)
@@ -162,7 +175,7 @@ def train_attack(
         catalogue_examples=use_catalogue,
         procedures=procedures,
         rationales=rationales,
-        imprint_head=imprint,
+        head_init=head_init,
         reimprint=list(reimprint),
         folds=[list(f) for f in fold_groups],
         limit_train=limit_train,
@@ -203,8 +216,10 @@ def train_attack(
         epoch_end = EpochEnd(record, keep_best=bool(validation_groups))
         averages = [TailAverages(cfg.average_from, epoch_end.consider)] if cfg.average_from else []
         log.info("fold %d/%d: held out %s (%d items)", k + 1, len(fold_groups), held, len(test_idx))
-        if imprint:
-            imprint_head(model, [rows[i] for i in train_idx], n_frozen)
+        train_groups = [g for g in all_groups if g not in held]
+        start_head(
+            model, head_init, [rows[i] for i in train_idx], [rows_ex[i] for i in train_idx], train_groups, n_frozen
+        )
         with tempfile.TemporaryDirectory() as work:
             train(
                 model,
@@ -302,8 +317,7 @@ def train_attack(
         # The shipped model: every group, the cross-validated epoch count on the same schedule.
         model = fresh_model(base_path, len(labels), tokenizer.pad_token_id, cfg)
         log.info("final model: all %d groups, %d epoch(s)", len(all_groups), best_epoch)
-        if imprint:
-            imprint_head(model, rows, n_frozen)
+        start_head(model, head_init, rows, rows_ex, all_groups, n_frozen)
         average = TailAverages([best_start]) if best_start else None
         with tempfile.TemporaryDirectory() as work:
             stats = train(

@@ -199,9 +199,14 @@ def attack(
     rationales: Annotated[
         bool, typer.Option(help="Add each CTI-HAL annotator's reason for a label as a row of its own")
     ] = False,
-    imprint_head: Annotated[
-        bool, typer.Option(help="Start each label's head row from the mean state of its training rows")
-    ] = False,
+    head_init: Annotated[
+        str,
+        typer.Option(
+            help="How the head starts: random (the seeded draw), imprint (each label's row from the mean state of "
+            "its training rows) or probe (a logistic regression on the frozen model's states, its L2 weight chosen "
+            "holding out each training group)"
+        ),
+    ] = "random",
     average_from: Annotated[
         list[int] | None,
         typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on the folds"),
@@ -218,7 +223,11 @@ def attack(
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
     from training.attack import train_attack
     from training.data import DataError
+    from training.head_init import HEAD_INITS
     from training.split import SplitError
+
+    if head_init not in HEAD_INITS:
+        raise typer.BadParameter(f"must be one of {HEAD_INITS}", param_hint="--head-init")
 
     _setup_logging()
     cfg = _config(
@@ -248,7 +257,7 @@ def attack(
             folds=folds,
             procedures=procedures,
             rationales=rationales,
-            imprint=imprint_head,
+            head_init=head_init,
             reimprint=tuple(reimprint or ()),
         )
     except SplitError as e:

@@ -1,9 +1,12 @@
-"""Imprinted classification head (`--imprint-head`).
+"""How the ATT&CK head starts (`--head-init`), and heads re-imprinted after training.
 
-Each label's head row starts as the normalised mean of its training rows' last-token states (centred on
-the mean of all rows), all rows scaled by the one factor that minimises the training cross-entropy. The
-first steps then refine a head that already ranks labels by similarity to their examples, instead of
-one drawn at random; labels without a training row keep their random row.
+- `imprint`: each label's head row starts as the normalised mean of its training rows' last-token states
+  (centred on the mean of all rows), all rows scaled by the one factor that minimises the training
+  cross-entropy; labels without a training row keep their random row.
+- `probe`: the head starts as an L2-regularised multinomial logistic regression on the frozen model's
+  final states (linear probing, then fine-tuning: a head that already fits leaves the pretrained features
+  less distorted by the first steps). The L2 weight is chosen by leave-one-group-out over the training
+  groups, on those frozen states only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from training.trainer import last_token_states, score_head
 
 log = logging.getLogger(__name__)
 SCALES = np.geomspace(1e-3, 10.0, 41)  # candidate norms of a head row
+HEAD_INITS = ("random", "imprint", "probe")
+PROBE_L2 = (1e-2, 3e-3, 1e-3, 3e-4)  # candidate L2 weights of the probe (sum of squared head weights)
 
 
 def imprinted_weights(states: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -37,6 +42,64 @@ def imprinted_weights(states: torch.Tensor, labels: torch.Tensor, weight: torch.
             best = (loss, float(s), w)
     assert best is not None
     return best[2].to(weight.dtype), best[1]
+
+
+def probe_weights(states: torch.Tensor, labels: torch.Tensor, n_labels: int, l2: float) -> torch.Tensor:
+    """Multinomial logistic regression without a bias (the `score` head has none) on states [n, d]:
+    mean cross-entropy + l2 * ||W||^2, minimised by L-BFGS from zero (convex: the start does not matter)."""
+    h, labels = states.float().clone(), labels.clone()  # normal tensors: `last_token_states` gives inference-mode ones
+    w = torch.zeros(n_labels, h.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(h @ w.T, labels) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach()
+
+
+def choose_probe_l2(
+    states: torch.Tensor, labels: torch.Tensor, n_labels: int, folds: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, dict[float, float]]:
+    """The L2 weight with the lowest held-out NLL averaged over `folds` ((train mask, test mask) pairs,
+    one per held-out group, each group weighing the same); and every candidate's NLL."""
+    nll = {}
+    for l2 in PROBE_L2:
+        per_fold = []
+        for tr, te in folds:
+            w = probe_weights(states[tr], labels[tr], n_labels, l2)
+            per_fold.append(torch.nn.functional.cross_entropy(states[te].float() @ w.T, labels[te]).item())
+        nll[l2] = float(np.mean(per_fold))
+    return min(PROBE_L2, key=lambda c: nll[c]), nll
+
+
+def group_folds(examples: list, groups: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train mask, test mask) over `examples` holding out each of `groups` in turn: a row tied to the held
+    group (a procedure that may come from it) trains in none of its folds."""
+    return [
+        (torch.tensor([e.trains_without((g,)) for e in examples]), torch.tensor([e.group == g for e in examples]))
+        for g in groups
+    ]
+
+
+@torch.no_grad()
+def probe_head(model, rows: list[dict], n_frozen: int, examples: list, groups: list[str]) -> float:
+    """Start the `score` head of `model` as a linear probe of its frozen final states of training `rows`
+    (`examples[i]` is row i's `AttackExample`); its L2 weight is chosen holding out each of the threat
+    `groups` in turn. Returns the L2 weight kept."""
+    if len(groups) < 2:
+        raise ValueError("the probe's L2 weight is chosen across threat groups: it needs at least two")
+    states = last_token_states(model, n_frozen, [r["states"] for r in rows])
+    labels = torch.tensor([r["labels"] for r in rows])
+    head = score_head(model)
+    l2, nll = choose_probe_l2(states, labels, head.weight.shape[0], group_folds(examples, groups))
+    head.weight.copy_(probe_weights(states, labels, head.weight.shape[0], l2).to(head.weight.device, head.weight.dtype))
+    log.info("probe head from %d rows; L2 %.0e kept (held-out NLL by L2 %s)", len(rows), l2, nll)
+    return l2
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ test-fast: setup
 lint: setup
 	.venv/bin/ruff check service training tests bench && .venv/bin/ruff format --check service training tests bench
 
-# Reproduces the committed defaults (CVSS ~25 min, ATT&CK ~55 min on 2 idle CPU cores; see README).
+# Reproduces the committed defaults: CVSS ~25 min, ATT&CK ~85 min on 2 idle AMD EPYC (AVX2) cores, about
+# 15 and 60 min on 2 Intel Xeon (AVX-512) cores (README, "The committed defaults").
 train-defaults: setup
 	$(PY) -m training cvss --data $(DATA_DIR)/cti-vsp/cti-vsp.tsv --out artifacts/cvss-default \
 	  --epochs 8 --learning-rate 2e-3 --lora-layers 12 --lora-dropout 0 --loss allowed

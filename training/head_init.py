@@ -6,7 +6,8 @@
 - `probe`: the head starts as an L2-regularised multinomial logistic regression on the frozen model's
   final states (linear probing, then fine-tuning: a head that already fits leaves the pretrained features
   less distorted by the first steps). The L2 weight is chosen by leave-one-group-out over the training
-  groups, on those frozen states only.
+  groups, on those frozen states only. On SmolLM2-135M it ends below `imprint` (README): its frozen
+  features are too weak to keep.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import numpy as np
 import torch
 
+from training.split import SplitError
 from training.trainer import last_token_states, score_head
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def probe_head(model, rows: list[dict], n_frozen: int, examples: list, groups: l
     (`examples[i]` is row i's `AttackExample`); its L2 weight is chosen holding out each of the threat
     `groups` in turn. Returns the L2 weight kept."""
     if len(groups) < 2:
-        raise ValueError("the probe's L2 weight is chosen across threat groups: it needs at least two")
+        raise SplitError(f"--head-init probe chooses its L2 weight across training groups: {len(groups)} is too few")
     states = last_token_states(model, n_frozen, [r["states"] for r in rows])
     labels = torch.tensor([r["labels"] for r in rows])
     head = score_head(model)

@@ -4,6 +4,7 @@ or a linear probe (an L2 logistic regression whose weight is chosen holding out 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -18,6 +19,7 @@ from training.head_init import (
     reimprint_head,
     reimprint_logits,
 )
+from training.split import SplitError
 
 
 def test_imprinted_rows_point_at_their_label_means_and_unseen_labels_keep_theirs():
@@ -104,23 +106,32 @@ TRAIN = [
 TEST = ["They dumped credentials from memory.", "An email lure carried a macro document."]
 
 
-def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
-    """The candidate logits at each blend weight are the plain head's at 0, and the head `reimprint_head`
-    ships at a weight gives exactly the logits that weight was scored with."""
+def _tiny_classifier(base_model):
+    """The small model as a 4-label classifier (label 3 has no rows) with LoRA on its top 2 layers; its
+    frozen-layer count and the cached states of TRAIN and TEST."""
     from peft import get_peft_model
 
     from training.artifact.loading import load_tokenizer, new_sequence_classifier
     from training.layer_cache import frozen_layer_count, frozen_prefix_states
-    from training.trainer import TrainConfig, attack_logits_from_states, lora_config, score_head
+    from training.trainer import TrainConfig, lora_config
 
     tok = load_tokenizer(str(base_model))
     torch.manual_seed(0)
-    model = new_sequence_classifier(str(base_model), 4, tok.pad_token_id, torch.float32)  # label 3: no rows
+    model = new_sequence_classifier(str(base_model), 4, tok.pad_token_id, torch.float32)
     model = get_peft_model(model, lora_config(TrainConfig(lora_layers=2), None, model.config.num_hidden_layers))
     n_frozen = frozen_layer_count(model, 2)
-    train_states = frozen_prefix_states(model, [tok.encode(t) for t, _ in TRAIN], n_frozen, batch_size=2)
+    train = frozen_prefix_states(model, [tok.encode(t) for t, _ in TRAIN], n_frozen, batch_size=2)
+    test = frozen_prefix_states(model, [tok.encode(t) for t in TEST], n_frozen, batch_size=2)
+    return model, n_frozen, train, test
+
+
+def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
+    """The candidate logits at each blend weight are the plain head's at 0, and the head `reimprint_head`
+    ships at a weight gives exactly the logits that weight was scored with."""
+    from training.trainer import attack_logits_from_states, score_head
+
+    model, n_frozen, train_states, test_states = _tiny_classifier(base_model)
     rows = [{"states": s, "labels": y} for s, (_, y) in zip(train_states, TRAIN, strict=True)]
-    test_states = frozen_prefix_states(model, [tok.encode(t) for t in TEST], n_frozen, batch_size=2)
     plain = attack_logits_from_states(model, n_frozen, test_states).numpy()
 
     cands = reimprint_logits(model, n_frozen, rows, test_states, (0.0, 0.25, 1.0))
@@ -137,19 +148,10 @@ def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
 def test_probe_start_fits_the_training_rows_through_the_model(base_model):
     """`--head-init probe` sets the head to the probe of the model's own final states of its training rows:
     it ranks each row's label first, where the seeded random head (what "random" keeps) does not."""
-    from peft import get_peft_model
-
-    from training.artifact.loading import load_tokenizer, new_sequence_classifier
     from training.attack import start_head
-    from training.layer_cache import frozen_layer_count, frozen_prefix_states
-    from training.trainer import TrainConfig, attack_logits_from_states, lora_config, score_head
+    from training.trainer import attack_logits_from_states, score_head
 
-    tok = load_tokenizer(str(base_model))
-    torch.manual_seed(0)
-    model = new_sequence_classifier(str(base_model), 4, tok.pad_token_id, torch.float32)  # label 3: no rows
-    model = get_peft_model(model, lora_config(TrainConfig(lora_layers=2), None, model.config.num_hidden_layers))
-    n_frozen = frozen_layer_count(model, 2)
-    states = frozen_prefix_states(model, [tok.encode(t) for t, _ in TRAIN], n_frozen, batch_size=2)
+    model, n_frozen, states, _ = _tiny_classifier(base_model)
     rows = [{"states": s, "labels": y} for s, (_, y) in zip(states, TRAIN, strict=True)]
     examples = [AttackExample(t, f"T{y}", f"g{i % 2}", "r", "s") for i, (t, y) in enumerate(TRAIN)]
     labels = torch.tensor([y for _, y in TRAIN])
@@ -163,3 +165,5 @@ def test_probe_start_fits_the_training_rows_through_the_model(base_model):
     probs = torch.softmax(attack_logits_from_states(model, n_frozen, states), 1)
     assert (probs.argmax(1) == labels).all()
     assert (probs[:, 3] < 0.25).all()  # the label with no row is pushed down, not left at its random row
+    with pytest.raises(SplitError, match="too few"):  # its L2 weight is chosen holding out a group at a time
+        start_head(model, "probe", rows, examples, ["g0"], n_frozen)

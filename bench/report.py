@@ -54,12 +54,12 @@ def table(r: dict) -> str:
             "| CVSS method (validation CVEs) | n | mean per-metric accuracy | exact vector |",
             "|---|---|---|---|",
         ]
-        for name, acc in (
-            ("ours: one constrained pass", cm["ours_accuracy"]),
-            ("seed: 8 prompts", cm["seed_accuracy"]),
+        for name, acc, missing in (
+            ("ours: one constrained pass", cm["ours_accuracy"], "not scored: the default trained on these CVEs"),
+            ("seed: 8 prompts", cm["seed_accuracy"], "no seed adapter (run `python -m bench.seed_method train`)"),
         ):
             if acc is None:
-                lines.append(f"| {name} | – | no seed adapter (run `python -m bench.seed_method train`) | – |")
+                lines.append(f"| {name} | – | {missing} | – |")
             else:
                 lines.append(f"| {name} | {acc['n']} | {acc['mean_per_metric']:.3f} | {acc['exact_vector']:.3f} |")
         if cm["seed_adapter"]:

@@ -113,6 +113,61 @@ def test_cvss_train_then_evaluate(tmp_path, cti_vsp, base_model):
     assert len(list((out / "report").glob("confusion_*.png"))) == 8
     load_manifest(out)  # the report folder does not break verification
 
+    _refit_on_every_cve(tmp_path, data, fixed, pc, split)
+
+
+def _refit_on_every_cve(tmp_path, data, validated, pc, split) -> None:
+    """`refit-cvss`: the validation run's recipe trained again on its training and validation CVEs for the
+    epoch it chose, carrying its temperature, sets and tau; `evaluate` then scores only other CVEs, and
+    prints the validation run's recorded figures where --data holds nothing else."""
+    every = sorted(split["train_ids"] + split["validation_ids"])
+    refit = tmp_path / "cvss-all"
+    r = _cli("refit-cvss", "--artifact", str(validated), "--data", str(data), "--out", str(refit))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = load_manifest(refit)
+    s = json.loads((refit / "split.json").read_text())
+    assert (s["train_ids"], s["validation_ids"], s["selection_ids"]) == (every, [], sorted(split["validation_ids"]))
+    assert (m.training_data.n_train, m.training_data.n_validation) == (32, 0)
+    assert m.files["adapter_model.safetensors"] != pc.files["adapter_model.safetensors"]  # trained again
+    assert m.files["heldout_logits.safetensors"] == pc.files["heldout_logits.safetensors"]  # what T was fitted on
+    assert (m.temperature, m.conformal, m.prior_correction.tau) == (pc.temperature, pc.conformal, 0.5)
+    vals = [e.values for e in load_cvss([data]) if e.cve_id in set(every)]
+    n_network = sum(v["AV"] == "N" for v in vals)
+    assert m.prior_correction.log_prior["AV"]["N"] == pytest.approx(math.log((1 + n_network) / (32 + 4)))
+    assert m.metrics["mean_metric_accuracy"] == pc.metrics["mean_metric_accuracy"]  # the validation run's
+    assert m.metrics["refit"]["validated_version"] == pc.version
+    assert m.metrics["refit"]["train_epoch"] == pytest.approx(pc.metrics["best_epoch"])  # stopped where chosen
+
+    r = _cli("evaluate", "--task", "cvss", "--artifact", str(refit), "--data", str(data), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert (report["excluded_seen_in_training"], report["model"]["n"]) == (32, 60 - 32)
+    assert report["model"]["n_calibration_scored"] == 60 - 32  # none of these fitted its temperature
+    trained_only = tmp_path / "trained.tsv"
+    lines = data.read_text().splitlines(keepends=True)
+    trained_only.write_text(lines[0] + "".join(ln for ln in lines[1:] if ln.split("\t")[0].rsplit("/", 1)[-1] in every))
+    r = _cli("evaluate", "--task", "cvss", "--artifact", str(refit), "--data", str(trained_only), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert "validation run" in report["source"] and report["model"]["n"] == 8
+    assert report["model"]["base_score_mae"] == pc.metrics["base_score_mae"]
+    # TF-IDF + LR trained on the validation run's 24 training CVEs (not the 8 it is scored on), as that run's was
+    from training.baseline import cvss_baseline
+
+    by_id = {e.cve_id: e for e in load_cvss([data])}
+    keys = [mt.key for mt in m.labels.metrics]
+    held = [by_id[i] for i in split["validation_ids"]]
+    assert report["tfidf_logreg"] == cvss_baseline([by_id[i] for i in split["train_ids"]], held, keys)
+
+    for args, message in (
+        (("refit-cvss", "--artifact", str(refit), "--data", str(data)), "holds out no CVEs"),
+        (("refit-cvss", "--artifact", str(validated), "--data", str(trained_only)), "hash differs"),
+        (("calibrate-cvss", "--artifact", str(refit), "--data", str(data)), "calibrate its validation run"),
+    ):
+        r = run_module("training", *args, "--out", str(tmp_path / "refused"), COLUMNS="300")  # unwrapped
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-2000:])
+        assert not (tmp_path / "refused").exists()
+
 
 def _train_attack(out, cti_hal, *args: str):
     """A small ATT&CK run: 2 adapted layers, no catalogue descriptions (minutes, not the default's hour)."""

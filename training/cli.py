@@ -47,13 +47,39 @@ def calibrate_cvss(
 ) -> None:
     """Fit a CVSS artifact's temperature and prediction sets on its validation CVEs (training does this
     itself now), after setting its prior correction if asked."""
+    from training.artifact.manifest import ArtifactError
     from training.cvss import calibrate_cvss as run
 
     _setup_logging()
     if prior_correction is not None and prior_correction < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--prior-correction")
-    m = run(artifact, data, out, name, prior_correction)
+    try:
+        m = run(artifact, data, out, name, prior_correction)
+    except (ValueError, ArtifactError) as e:  # not a validation run, or --data lacks its CVEs
+        raise typer.BadParameter(str(e), param_hint="--artifact / --data") from e
     typer.echo(m.model_dump_json(include={"name", "version", "temperature", "prior_correction"}, indent=2))
+
+
+@app.command("refit-cvss")
+def refit_cvss(
+    artifact: Annotated[Path, typer.Option(help="A CVSS validation run (after calibrate-cvss, if it sets a prior)")],
+    data: Annotated[list[Path], typer.Option(help="The data it was trained and validated on")],
+    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    name: Annotated[str | None, typer.Option(help="Name of the written artifact (default: the folder's)")] = None,
+) -> None:
+    """Train a validated CVSS recipe again on every CVE, its training and validation CVEs together, for the
+    epoch count it chose, carrying its temperature, prior correction and sets; its metrics stay the run's."""
+    from training.artifact.manifest import ArtifactError
+    from training.cvss_refit import RefitError
+    from training.cvss_refit import refit_cvss as run
+    from training.data import DataError
+
+    _setup_logging()
+    try:
+        m = run(artifact, data, out, name)
+    except (RefitError, DataError, ArtifactError) as e:
+        raise typer.BadParameter(str(e), param_hint="--artifact / --data") from e
+    typer.echo(m.model_dump_json(include={"name", "version", "temperature", "training_data"}, indent=2))
 
 
 @app.command("conformal")

@@ -134,6 +134,8 @@ def calibrate_cvss(
 
     manifest = load_manifest(artifact)
     split = json.loads((Path(artifact) / SPLIT_FILE).read_text())  # typed or the earlier untyped layout
+    if split.get("selection_ids"):
+        raise ValueError(f"{artifact} trained on every CVE (`refit-cvss`): calibrate its validation run, then refit")
     split = CvssSplit(train_ids=split["train_ids"], validation_ids=split["validation_ids"])
     val_ids = set(split.validation_ids)
     examples = load_cvss(data)

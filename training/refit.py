@@ -57,12 +57,15 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
     if not isinstance(split, CvssSplit):
         raise ArtifactError(f"{artifact}: a CVSS artifact needs its split.json")
     by_id = {e.cve_id: e for e in load_cvss(data)}
-    missing = [i for i in split.validation_ids if i not in by_id]
+    scored = split.validation_ids or split.selection_ids  # a refit on every CVE keeps its validation run's
+    missing = [i for i in scored if i not in by_id]
     if missing:
         raise ValueError(f"--data lacks {len(missing)} of the artifact's validation CVEs, e.g. {missing[:3]}")
-    val_ex = [by_id[i] for i in split.validation_ids]
-    train_ex = [by_id[i] for i in split.train_ids if i in by_id]
+    val_ex = [by_id[i] for i in scored]
+    train_ex = [by_id[i] for i in split.train_ids if i in by_id and i not in set(scored)]
     if held is None:
+        if split.selection_ids:  # this adapter trained on them: its scores there would not be held out
+            raise ArtifactError(f"{artifact}: a refit on every CVE needs its validation run's {HELDOUT_FILE}")
         from training.artifact.loading import (
             base_for,
             load_causal_lm_with_adapter,
@@ -77,7 +80,7 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
         raw = manifest.model_copy(update={"temperature": 1.0})
         _, probs = evaluate_cvss_model(model, load_tokenizer(base), raw, val_ex)
         held = heldout.cvss_heldout(probs, [e.values for e in val_ex], [e.cve_id for e in val_ex], _values(manifest))
-    if sorted(held.ids) != sorted(split.validation_ids):  # same CVEs; training keeps them in its own order
+    if sorted(held.ids) != sorted(scored):  # same CVEs; training keeps them in its own order
         raise ArtifactError(f"{artifact}: kept validation scores do not match split.json")
     val_ex = [by_id[i] for i in held.ids]
     conformal, report = _conformal(held, manifest.labels, manifest.temperature, train_ex, val_ex)

@@ -214,7 +214,12 @@ class CvssSplit(_Strict):
 
     kind: Literal["cvss"] = "cvss"
     train_ids: list[str]
-    validation_ids: list[str]
+    validation_ids: list[str] = Field(description="Held out of this model; its epoch and temperature chosen on them")
+    selection_ids: list[str] = Field(
+        default_factory=list,
+        description="A refit on every CVE (`refit-cvss`): the CVEs the validation run held out, whose scores chose "
+        "the epoch count and fitted the temperature, prior shift and sets; this model trained on them",
+    )
 
 
 class AttackSplit(_Strict):

@@ -18,7 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.inputs import scored_cve_ids
+from training.artifact.manifest import load_split
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def run_one(cfg: dict, n: int, repeats: int, data: Path) -> dict:
     manifest = load_manifest(artifact)
     base = base_for(manifest)
     tok = load_tokenizer(base)
-    val = set(scored_cve_ids(artifact))
+    val = set(load_split(artifact).scored_ids)
     texts = [e.description for e in load_cvss([data]) if e.cve_id in val][:n]
     prompts = [render(tok, manifest, t)[0] for t in texts]
     labels = manifest.labels

@@ -10,15 +10,6 @@ CVSS_ART = REPO / "artifacts" / "cvss-default"
 ATTACK_ART = REPO / "artifacts" / "attack-default"
 
 
-def scored_cve_ids(artifact: Path) -> list[str]:
-    """The CVEs a CVSS artifact's figures were scored on: its validation CVEs, or for a refit on every CVE
-    (the default) its validation run's, which the refit trained on (speed is measured on them, not accuracy)."""
-    from training.artifact.manifest import load_split
-
-    split = load_split(artifact)
-    return split.validation_ids or split.selection_ids
-
-
 def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
     """The first `n` validation CVEs (examples: description + true vector) and CTI-HAL texts: of held-out
     groups where the artifact has any, else of every group (the ATT&CK side times speed, not accuracy)."""
@@ -26,7 +17,7 @@ def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
     from training.catalogue import catalogue
     from training.data import load_cti_hal, load_cvss
 
-    val = set(scored_cve_ids(CVSS_ART))
+    val = set(load_split(CVSS_ART).scored_ids)  # the default, a refit, trained on them: speed, not accuracy
     cves = [e for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]) if e.cve_id in val]
     seen = set(load_split(ATTACK_ART).train_groups)
     hal, _ = load_cti_hal(data_dir / "cti-hal" / "data", catalogue().remap)

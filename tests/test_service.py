@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 from cvss import CVSS3
 
-from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
+from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
 
 pytestmark = pytest.mark.slow
 
@@ -268,53 +267,51 @@ def test_metrics_exposed_after_traffic(client):
         assert series in text, series
 
 
-def _evaluate(task: str, data) -> list[dict]:
-    r = run_module(
-        "training",
-        "evaluate",
-        "--task",
-        task,
-        "--artifact",
-        str(DEFAULT_CVSS if task == "cvss" else DEFAULT_ATTACK),
-        "--data",
-        str(data),
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    path = (DEFAULT_CVSS if task == "cvss" else DEFAULT_ATTACK) / "report" / f"predictions_{task}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _check_served_sets(results: list[dict], truth: list[dict[str, str]]) -> None:
-    """The served sets are the manifest's vector threshold applied to the served probabilities. These CVEs
-    fitted the threshold (on transformers' probabilities, which the served ones match to < 0.02), so the
-    sets hold the true vector, and the range its base score, at the target less the issue's 0.03."""
+def _check_served_sets(results: list[dict]) -> None:
+    """The served sets and base-score ranges are the manifest's vector threshold applied to the served
+    probabilities (their coverage of the truth is measured out of sample in test_conformal.py: the default
+    trained on these CVEs)."""
     from training.artifact.conformal import VectorSet
     from training.artifact.manifest import load_manifest
-    from training.artifact.scoring import score_vector
 
     manifest = load_manifest(DEFAULT_CVSS)
     [level] = [lv for lv in manifest.conformal.levels if lv.coverage == 0.9]
-    vectors, scores = 0, 0
-    for res, t in zip(results, truth, strict=True):
+    for res in results:
         expected = VectorSet(
             manifest.labels, {k: m["probabilities"] for k, m in res["metrics"].items()}, level.vector_nll
         )
         assert {k: m["prediction_set"] for k, m in res["metrics"].items()} == expected.sets
         assert tuple(res["base_score_range"]) == expected.base_score_range
-        vectors += expected.contains(t)
-        low, high = res["base_score_range"]
-        scores += low <= score_vector(manifest.labels.vector(t))[0] <= high
-    assert vectors / len(results) >= 0.87 and scores / len(results) >= 0.87, (vectors, scores, len(results))
     assert all(r["base_score_range"][0] <= r["base_score"] <= r["base_score_range"][1] for r in results)
+    assert len({tuple(r["base_score_range"]) for r in results}) > 5  # the sets differ with the input
+
+
+def _transformers_cvss(examples) -> list[dict]:
+    """What `training evaluate` computes (transformers, the adapter unfolded): per CVE, the chosen values and
+    the calibrated probabilities of each metric."""
+    import torch
+
+    from training.artifact.loading import base_for, load_causal_lm_with_adapter, load_tokenizer
+    from training.artifact.manifest import load_manifest
+    from training.cvss import evaluate_cvss_model
+
+    manifest = load_manifest(DEFAULT_CVSS)
+    base = base_for(manifest)
+    model = load_causal_lm_with_adapter(DEFAULT_CVSS, base, torch.device("cpu"), torch.float32)
+    _, probs = evaluate_cvss_model(model, load_tokenizer(base), manifest, examples)
+    return [{"predicted": {k: max(p[k], key=p[k].get) for k in p}, "probabilities": p} for p in probs]
 
 
 def test_no_drift_cvss(client, cti_vsp):
     """The service (vLLM, grammar, folded adapter) agrees with `training evaluate` (transformers) on the
-    validation CVEs: the same values, and the same probabilities where the vectors agree."""
+    validation run's 120 CVEs: the same values, and the same probabilities where the vectors agree."""
+    from training.artifact.manifest import load_split
     from training.data import load_cvss
 
-    evaluated = {p["cve_id"]: p for p in _evaluate("cvss", cti_vsp)}
-    desc = {e.cve_id: e.description for e in load_cvss([cti_vsp])}
+    scored = set(load_split(DEFAULT_CVSS).scored_ids)
+    examples = sorted((e for e in load_cvss([cti_vsp]) if e.cve_id in scored), key=lambda e: e.cve_id)
+    evaluated = {e.cve_id: p for e, p in zip(examples, _transformers_cvss(examples), strict=True)}
+    desc = {e.cve_id: e.description for e in examples}
     ids = sorted(evaluated)
     got = []
     for i in range(0, len(ids), 16):
@@ -322,7 +319,7 @@ def test_no_drift_cvss(client, cti_vsp):
         assert r.status_code == 200, r.text
         got += r.json()["results"]
     expected = {c: evaluated[c]["predicted"] for c in ids}
-    _check_served_sets(got, [evaluated[c]["truth"] for c in ids])
+    _check_served_sets(got)
     agree = [res["metrics"][k]["value"] == expected[c][k] for c, res in zip(ids, got, strict=True) for k in expected[c]]
     assert len(agree) == 8 * len(ids) >= 8 * 100
     assert sum(agree) / len(agree) >= 0.98, sum(agree) / len(agree)

@@ -57,7 +57,7 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
     if not isinstance(split, CvssSplit):
         raise ArtifactError(f"{artifact}: a CVSS artifact needs its split.json")
     by_id = {e.cve_id: e for e in load_cvss(data)}
-    scored = split.validation_ids or split.selection_ids  # a refit on every CVE keeps its validation run's
+    scored = split.scored_ids  # a refit on every CVE keeps its validation run's
     missing = [i for i in scored if i not in by_id]
     if missing:
         raise ValueError(f"--data lacks {len(missing)} of the artifact's validation CVEs, e.g. {missing[:3]}")

@@ -221,6 +221,12 @@ class CvssSplit(_Strict):
         "the epoch count and fitted the temperature, prior shift and sets; this model trained on them",
     )
 
+    @property
+    def scored_ids(self) -> list[str]:
+        """The CVEs the recorded validation figures and kept scores are of: the validation CVEs, or for a
+        refit on every CVE its validation run's (which it trained on)."""
+        return self.validation_ids or self.selection_ids
+
 
 class AttackSplit(_Strict):
     """Which threat groups an artifact trained on, and whose held-out logits fitted its temperature."""

@@ -106,17 +106,20 @@ class CvssModel(VllmModel[CvssResult]):
         if merge:
             folded = await asyncio.to_thread(folded_model_dir, self.base, self.artifact, self.manifest, s.cache_dir)
             # the cached folder cannot be rebuilt while vLLM loads it
-            engine = start_engine(str(folded), "cvss", s, s.cvss_kv_cache_gib, lock=reading(s.cache_dir), **common)
+            model, extra = str(folded), {"lock": reading(s.cache_dir)}
         else:
             rank = max(int(manifest.hyperparameters.get("lora_r", 16)) for _, manifest in self.adapters.values())
-            lora = {"enable_lora": True, "max_lora_rank": max(s.max_lora_rank, rank), "max_loras": len(self.adapters)}
-            engine = start_engine(self.base, "cvss", s, s.cvss_kv_cache_gib, **common, **lora)
+            model = self.base
+            extra = {"enable_lora": True, "max_lora_rank": max(s.max_lora_rank, rank), "max_loras": len(self.adapters)}
         self._lora = {
             name: None if merge else LoRARequest(f"{name}-{manifest.version}", i + 1, str(path))
             for i, (name, (path, manifest)) in enumerate(self.adapters.items())
         }
-        log.info("CVSS engine ready: base=%s adapters=%s merged=%s", self.base, list(self.adapters), merge)
-        return engine
+        log.info("CVSS engine starting: base=%s adapters=%s merged=%s", self.base, list(self.adapters), merge)
+        # Returned, never bound to a local: vLLM keeps a frame object from inside this call alive (its f_back
+        # chain reaches this frame), so a local would hold the engine past close() until interpreter teardown,
+        # where its __del__ fails ("TypeError: 'NoneType' object is not callable").
+        return start_engine(model, "cvss", s, s.cvss_kv_cache_gib, **common, **extra)
 
     def info(self, adapter: str | None = DEFAULT_ADAPTER):
         manifest = self.adapters[adapter or DEFAULT_ADAPTER][1]

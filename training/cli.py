@@ -35,11 +35,14 @@ def fold(
     typer.echo(f"wrote {folded_model_dir(base_for(manifest), artifact, manifest, cache_dir)}")
 
 
+OutOpt = Annotated[Path, typer.Option(help="Artifact folder to write (written aside, then renamed into place)")]
+
+
 @app.command("calibrate-cvss")
 def calibrate_cvss(
     artifact: Annotated[Path, typer.Option(help="A CVSS artifact folder")],
     data: Annotated[list[Path], typer.Option(help="Data holding its validation CVEs")],
-    out: Annotated[Path, typer.Option(help="Artifact folder to write (may be a new name)")],
+    out: OutOpt,
     name: Annotated[str | None, typer.Option(help="Name of the written artifact")] = None,
     prior_correction: Annotated[
         float | None, typer.Option(help="Decode with this shift from the training prior (tau; 0: none; default: keep)")
@@ -64,7 +67,7 @@ def calibrate_cvss(
 def refit_cvss(
     artifact: Annotated[Path, typer.Option(help="A CVSS validation run (after calibrate-cvss, if it sets a prior)")],
     data: Annotated[list[Path], typer.Option(help="The data it was trained and validated on")],
-    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    out: OutOpt,
     name: Annotated[str | None, typer.Option(help="Name of the written artifact (default: the folder's)")] = None,
 ) -> None:
     """Train a validated CVSS recipe again on every CVE, its training and validation CVEs together, for the
@@ -124,7 +127,7 @@ def cvss(
     data: Annotated[
         list[Path], typer.Option(help="CTI-VSP .tsv or NVD CVE API 2.0 .json (file or folder); repeatable")
     ],
-    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    out: OutOpt,
     base_model: BaseOpt = "models/smollm2-135m",
     epochs: float = 3.0,
     learning_rate: float = 1e-3,
@@ -198,7 +201,7 @@ def cvss(
 @app.command()
 def attack(
     data: Annotated[Path, typer.Option(help="CTI-HAL folder (searched recursively for *.json)")],
-    out: Annotated[Path, typer.Option(help="Artifact folder to write")],
+    out: OutOpt,
     base_model: BaseOpt = "models/smollm2-135m",
     epochs: float = 3.0,
     learning_rate: float = 1e-3,

@@ -193,6 +193,35 @@ def fresh_model(base_path: str, pad_token_id: int, cfg: TrainConfig):
     return get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
 
 
+def cached_rows(model, tokenizer, manifest: Manifest, examples: list[CvssExample], cfg: TrainConfig):
+    """Training rows with the inputs of the lowest adapted layer cached (the frozen layers run once): the
+    rows, the number of frozen layers and the seconds the caching took."""
+    rows = _rows(tokenizer, manifest, examples)
+    n_frozen = frozen_layer_count(model, cfg.lora_layers)
+    t0 = time.time()
+    for row, states in zip(rows, frozen_prefix_states(model, [r["input_ids"] for r in rows], n_frozen), strict=True):
+        row["states"] = states
+    seconds = time.time() - t0
+    log.info("cached the inputs of layer %d for %d rows in %.1f s", n_frozen, len(rows), seconds)
+    return rows, n_frozen, seconds
+
+
+def train_adapter(model, tokenizer, manifest: Manifest, rows, n_frozen: int, cfg: TrainConfig, callbacks) -> dict:
+    """The Trainer over `cached_rows` with the task's loss on the manifest's answer tokens."""
+    with tempfile.TemporaryDirectory() as work:
+        return train(
+            model,
+            rows,
+            cfg,
+            work,
+            CvssTrainer,
+            callbacks,
+            n_frozen=n_frozen,
+            allowed=cvss_value_token_ids(tokenizer, manifest.labels),
+            loss=cfg.loss,
+        )
+
+
 def train_cvss(
     data: list[Path],
     out: Path,
@@ -241,13 +270,7 @@ def train_cvss(
     device = pick_device()
     model = fresh_model(base_path, tokenizer.pad_token_id, cfg)
     model.print_trainable_parameters()
-    rows = _rows(tokenizer, draft, train_ex)
-    n_frozen = frozen_layer_count(model, cfg.lora_layers)
-    t0 = time.time()
-    for row, states in zip(rows, frozen_prefix_states(model, [r["input_ids"] for r in rows], n_frozen), strict=True):
-        row["states"] = states
-    cache_seconds = time.time() - t0
-    log.info("cached the inputs of layer %d for %d rows in %.1f s", n_frozen, len(rows), cache_seconds)
+    rows, n_frozen, cache_seconds = cached_rows(model, tokenizer, draft, train_ex, cfg)
 
     def validate(m, epoch: int, average_from: int) -> dict:  # the candidate's key is EpochEnd's to record
         metrics, _ = evaluate_cvss_model(m, tokenizer, draft, val_ex)
@@ -255,19 +278,7 @@ def train_cvss(
 
     epoch_end = EpochEnd(validate if is_main_process() else None, keep_best=cfg.select_best_epoch)
     averages = [TailAverages(cfg.average_from, epoch_end.consider)] if cfg.average_from else []
-    allowed = cvss_value_token_ids(tokenizer, draft.labels)
-    with tempfile.TemporaryDirectory() as work:
-        stats = train(
-            model,
-            rows,
-            cfg,
-            work,
-            CvssTrainer,
-            [epoch_end, *averages],
-            n_frozen=n_frozen,
-            allowed=allowed,
-            loss=cfg.loss,
-        )
+    stats = train_adapter(model, tokenizer, draft, rows, n_frozen, cfg, [epoch_end, *averages])
 
     if not is_main_process():
         return draft

@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from training.artifact.encoding import cvss_value_token_ids
 from training.artifact.layout import ADAPTER_FILE, HELDOUT_FILE
 from training.artifact.loading import base_for, load_tokenizer, pick_device, pick_dtype
 from training.artifact.manifest import (
@@ -28,11 +26,10 @@ from training.artifact.manifest import (
     write_split,
 )
 from training.artifacts import data_hash, new_version, save_adapter_16bit
-from training.cvss import _rows, fresh_model
+from training.cvss import cached_rows, fresh_model, train_adapter
 from training.data import CvssExample, load_cvss
-from training.layer_cache import frozen_layer_count, frozen_prefix_states
 from training.prior_correction import fit_prior_correction
-from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, train
+from training.trainer import EpochEnd, TrainConfig, is_main_process
 from training.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
@@ -85,23 +82,11 @@ def refit_cvss(artifact: Path, data: list[Path], out: Path, name: str | None = N
     base_path = base_for(validated)
     tokenizer = load_tokenizer(base_path)
     model = fresh_model(base_path, tokenizer.pad_token_id, cfg)
-    rows = _rows(tokenizer, validated, examples)
-    n_frozen = frozen_layer_count(model, cfg.lora_layers)
-    for row, states in zip(rows, frozen_prefix_states(model, [r["input_ids"] for r in rows], n_frozen), strict=True):
-        row["states"] = states
+    rows, n_frozen, _ = cached_rows(model, tokenizer, validated, examples, cfg)
     average = TailAverages([average_from]) if average_from else None
-    with tempfile.TemporaryDirectory() as work:
-        stats = train(
-            model,
-            rows,
-            cfg,
-            work,
-            CvssTrainer,
-            [EpochEnd(stop_after=epochs), *([average] if average else [])],  # the chosen epoch of the same schedule
-            n_frozen=n_frozen,
-            allowed=cvss_value_token_ids(tokenizer, validated.labels),
-            loss=cfg.loss,
-        )
+    # the chosen epoch of the same schedule
+    callbacks = [EpochEnd(stop_after=epochs), *([average] if average else [])]
+    stats = train_adapter(model, tokenizer, validated, rows, n_frozen, cfg, callbacks)
     if not is_main_process():
         return validated
     if average:

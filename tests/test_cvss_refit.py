@@ -39,7 +39,7 @@ def test_refit_trains_every_cve_and_stops_at_the_chosen_epoch_of_the_same_schedu
     from training import heldout
     from training.artifact.layout import HELDOUT_FILE
     from training.artifact.manifest import CvssSplit, load_split, write_artifact, write_split
-    from training.artifacts import data_hash
+    from training.cvss import cvss_data_hash
     from training.cvss_refit import refit_cvss
     from training.data import load_cvss
 
@@ -53,9 +53,7 @@ def test_refit_trains_every_cve_and_stops_at_the_chosen_epoch_of_the_same_schedu
         update={
             "name": "run",
             "hyperparameters": {**asdict(cfg), "target_modules": list(cfg.target_modules)},
-            "training_data": default.training_data.model_copy(
-                update={"sha256": data_hash([(e.cve_id, e.description, e.vector) for e in examples])}
-            ),
+            "training_data": default.training_data.model_copy(update={"sha256": cvss_data_hash(examples)}),
             "metrics": {"best_epoch": 1, "mean_metric_accuracy": 0.5},
         }
     )

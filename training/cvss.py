@@ -193,6 +193,11 @@ def fresh_model(base_path: str, pad_token_id: int, cfg: TrainConfig):
     return get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
 
 
+def cvss_data_hash(examples: list[CvssExample]) -> str:
+    """The manifest's `training_data.sha256` of CVSS data: what `refit-cvss` checks its --data against."""
+    return data_hash([(e.cve_id, e.description, e.vector) for e in examples])
+
+
 def cached_rows(model, tokenizer, manifest: Manifest, examples: list[CvssExample], cfg: TrainConfig):
     """Training rows with the inputs of the lowest adapted layer cached (the frozen layers run once): the
     rows, the number of frozen layers and the seconds the caching took."""
@@ -260,7 +265,7 @@ def train_cvss(
         cfg=cfg,
         training_data=TrainingData(
             sources=[Path(p).name for p in data],
-            sha256=data_hash([(e.cve_id, e.description, e.vector) for e in examples]),
+            sha256=cvss_data_hash(examples),
             n_train=len(train_ex),
             n_validation=len(val_ex),
             split=f"by CVE: {len(val_ex)} CVEs held out by seeded hash (seed {split_seed})",

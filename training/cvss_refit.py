@@ -25,8 +25,8 @@ from training.artifact.manifest import (
     write_artifact,
     write_split,
 )
-from training.artifacts import data_hash, new_version, save_adapter_16bit
-from training.cvss import cached_rows, fresh_model, train_adapter
+from training.artifacts import new_version, save_adapter_16bit
+from training.cvss import cached_rows, cvss_data_hash, fresh_model, train_adapter
 from training.data import CvssExample, load_cvss
 from training.prior_correction import fit_prior_correction
 from training.trainer import EpochEnd, TrainConfig, is_main_process
@@ -64,7 +64,7 @@ def refit_examples(
     if "best_epoch" not in manifest.metrics:
         raise RefitError(f"{manifest.name}: records no chosen epoch; train it with `training cvss`")
     examples = load_cvss(data)
-    if data_hash([(e.cve_id, e.description, e.vector) for e in examples]) != manifest.training_data.sha256:
+    if cvss_data_hash(examples) != manifest.training_data.sha256:
         raise RefitError(f"--data is not the data {manifest.name} was trained and validated on (its hash differs)")
     wanted = set(split.train_ids) | set(split.validation_ids)
     return [e for e in examples if e.cve_id in wanted], list(split.validation_ids)

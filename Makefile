@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DATA_DIR ?= ../shared/data
 export DATA_DIR
 
-.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench soak fuzz image-test
+.PHONY: setup serve test test-fast lint train-defaults evaluate-defaults bench bench-train soak fuzz image-test
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,11 @@ evaluate-defaults: setup
 # Benchmarks (ratios side by side, one run): writes bench/results/<machine>-<date>.{json,md,png}
 bench: setup
 	$(PY) -m bench.run
+
+# Seconds per CVSS training step, side by side: the committed recipe against the path before the layer cache,
+# and thread settings (about 15 min on 2 cores). Writes bench/results/train-speed-<machine>-<date>.{json,md}
+bench-train: setup
+	$(PY) -m bench.train_speed
 
 # Bounded soak on loopback (about 10,000 mixed requests at concurrency 64)
 soak: setup

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import free_port, run_module
+from tests.conftest import REPO, free_port, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +66,24 @@ def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
     assert sum(result["statuses"].values()) == 150 and set(result["statuses"]) <= {"200", "413", "422"}
     assert result["statuses"]["200"] < 150 and result["server_errors_5xx"] == 0  # bad inputs got their 4xx
     assert result["latency"]["p99"] > 0 and result["peak_rss_mb"] > 100
+
+
+def test_train_speed_smoke(tmp_path, cti_vsp, base_model):
+    """`before` really runs every layer per step with dropout; the recipe runs only its adapted layers."""
+    r = run_module(
+        "bench.train_speed",
+        *("--n", "8", "--steps", "3", "--warmup", "1", "--rounds", "1", "--only", "before,recipe"),
+        *("--out", str(tmp_path)),
+        DATA_DIR=str(cti_vsp.parent.parent),
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    [result_file] = tmp_path.glob("train-speed-*.json")
+    result = json.loads(result_file.read_text())
+    layers = json.loads((base_model / "config.json").read_text())["num_hidden_layers"]
+    recipe = json.loads((REPO / "artifacts" / "cvss-default" / "manifest.json").read_text())["hyperparameters"]
+    before, ours = result["summary"]["before"], result["summary"]["recipe"]
+    assert (before["n_frozen"], before["lora_dropout"]) == (0, 0.05)
+    assert (ours["n_frozen"], ours["lora_dropout"]) == (layers - recipe["lora_layers"], recipe["lora_dropout"])
+    assert [len(run["step_seconds"]) for run in result["runs"]["recipe"]] == [3] and ours["timed_steps"] == 2
+    # the ratio is the same round's before over the recipe (medians rounded to 3 places, the ratio to 2)
+    assert abs(ours["speedup_by_round"][0] - before["round_medians_s"][0] / ours["round_medians_s"][0]) <= 0.006

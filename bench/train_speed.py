@@ -105,7 +105,7 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
     timer = StepEnds()
     stats = train_adapter(model, tokenizer, manifest, rows, n_frozen, cfg, [timer])
     return {
-        "train_loss": stats["train_loss"],  # equal across thread settings: the arithmetic did not change
+        "train_loss": stats["train_loss"],  # equal losses across settings: the setting left the arithmetic alone
         "step_seconds": [b - a for a, b in zip(timer.t, timer.t[1:], strict=False)],
         "n_frozen": n_frozen,
         "cache_seconds": round(cache_seconds, 1),

@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -74,9 +74,7 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
     from training.trainer import TrainConfig
 
     manifest = load_manifest(CVSS_ART)
-    hp = {f.name: manifest.hyperparameters[f.name] for f in fields(TrainConfig) if f.name in manifest.hyperparameters}
-    hp["target_modules"] = tuple(hp["target_modules"])
-    cfg = replace(TrainConfig(**hp), max_steps=steps, threads=spec["threads"])
+    cfg = replace(TrainConfig.from_hyperparameters(manifest.hyperparameters), max_steps=steps, threads=spec["threads"])
     if spec["lora_dropout"] is not None:
         cfg = replace(cfg, lora_dropout=spec["lora_dropout"])
     by_id = {e.cve_id: e for e in load_cvss([data / "cti-vsp" / "cti-vsp.tsv"])}
@@ -127,28 +125,24 @@ def run_one(cfg: Config, data: Path, n: int, steps: int, timeout: float) -> dict
 
 
 def summarise(runs: dict[str, list[dict]], warmup: int) -> dict[str, dict]:
-    """Per configuration: the median step over all rounds, each round's median, and the ratio to `before`."""
-    med = {c: [statistics.median(r["step_seconds"][warmup:]) for r in rs] for c, rs in runs.items()}
+    """Per configuration: the median step over all rounds, each round's median, and the ratio to `before`
+    (pooled, and each round's against the same round's)."""
+    timed = {c: [r["step_seconds"][warmup:] for r in rs] for c, rs in runs.items()}
+    rounds = {c: [statistics.median(t) for t in ts] for c, ts in timed.items()}
+    pooled = {c: statistics.median([s for t in ts for s in t]) for c, ts in timed.items()}
     out = {}
     for c, rs in runs.items():
-        steps = [s for r in rs for s in r["step_seconds"][warmup:]]
-        row = {
-            "median_step_s": round(statistics.median(steps), 3),
-            "mean_step_s": round(statistics.fmean(steps), 3),
-            "round_medians_s": [round(m, 3) for m in med[c]],
-            "timed_steps": len(steps),
+        out[c] = {
+            "median_step_s": round(pooled[c], 3),
+            "mean_step_s": round(statistics.fmean([s for t in timed[c] for s in t]), 3),
+            "round_medians_s": [round(m, 3) for m in rounds[c]],
+            "timed_steps": sum(len(t) for t in timed[c]),
             **{k: rs[0][k] for k in ("n_frozen", "torch_threads", "lora_dropout")},
             "train_loss_by_round": [r["train_loss"] for r in rs],
         }
-        if "before" in med:
-            per_round = [b / m for b, m in zip(med["before"], med[c], strict=True)]
-            row["speedup_vs_before"] = round(
-                statistics.median([s for r in runs["before"] for s in r["step_seconds"][warmup:]])
-                / statistics.median(steps),
-                2,
-            )
-            row["speedup_by_round"] = [round(r, 2) for r in per_round]
-        out[c] = row
+        if "before" in runs:
+            out[c]["speedup_vs_before"] = round(pooled["before"] / pooled[c], 2)
+            out[c]["speedup_by_round"] = [round(b / m, 2) for b, m in zip(rounds["before"], rounds[c], strict=True)]
     return out
 
 

@@ -8,7 +8,6 @@ as such: no CVE is left to score it on, so `evaluate` prints them (or scores CVE
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -42,12 +41,8 @@ class RefitError(ValueError):
 def refit_plan(manifest: Manifest) -> tuple[TrainConfig, int, int]:
     """The validation run's training settings (from its manifest's hyper-parameters), the epoch it chose
     and the start epoch of the weight average it chose (0: its live weights)."""
-    hp = manifest.hyperparameters
-    kw = {f.name: hp[f.name] for f in dataclasses.fields(TrainConfig) if f.name in hp}
-    for k in ("target_modules", "average_from"):
-        if k in kw:
-            kw[k] = tuple(kw[k])
-    return TrainConfig(**kw), manifest.metrics["best_epoch"], manifest.metrics.get("average_from", 0)
+    cfg = TrainConfig.from_hyperparameters(manifest.hyperparameters)
+    return cfg, manifest.metrics["best_epoch"], manifest.metrics.get("average_from", 0)
 
 
 def refit_examples(

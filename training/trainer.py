@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -43,6 +43,16 @@ class TrainConfig:
     # candidate start epochs of a tail average of the weights (`training/weight_average.py`), chosen with the
     # epoch count on validation (ATT&CK: the out-of-fold logits); (): the live weights only
     average_from: tuple[int, ...] = ()
+
+    @classmethod
+    def from_hyperparameters(cls, hp: dict[str, Any]) -> TrainConfig:
+        """The settings a manifest's `hyperparameters` recorded (its JSON lists back to tuples; other keys,
+        such as the answer format, are not training settings)."""
+        kw = {f.name: hp[f.name] for f in fields(cls) if f.name in hp}
+        for k in ("target_modules", "average_from"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
 
 
 class StatesCollator:

@@ -38,12 +38,20 @@ class Config:
     cache: bool = True  # False: every step runs all layers from the token embeddings (the path before the cache)
     lora_dropout: float | None = None  # None: the recipe's
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
+    peft_lora: bool = False  # True: PEFT's own LoRA forward, not the rank-scaled one (training/lora_forward.py)
     env: dict[str, str] = field(default_factory=dict)
 
 
 CONFIGS = [
-    Config("before", "no layer cache (all 30 layers every step), LoRA dropout 0.05", cache=False, lora_dropout=0.05),
-    Config("recipe", "the committed recipe: frozen layers cached, no LoRA dropout"),
+    Config(
+        "before",
+        "no layer cache (all 30 layers every step), LoRA dropout 0.05, PEFT's LoRA forward",
+        cache=False,
+        lora_dropout=0.05,
+        peft_lora=True,
+    ),
+    Config("recipe", "the committed recipe: frozen layers cached, no LoRA dropout, rank-scaled LoRA forward"),
+    Config("recipe-peft-lora", "the recipe with PEFT's own LoRA forward (before 2026-12-04)", peft_lora=True),
     Config("recipe-1-thread", "the recipe on one torch thread", threads=1),
     Config(
         "recipe-bind",
@@ -71,6 +79,7 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
     from training.artifact.manifest import load_manifest, load_split
     from training.cvss import cached_rows, fresh_model, train_adapter
     from training.data import load_cvss
+    from training.lora_forward import use_rank_scaled_lora
     from training.trainer import TrainConfig
 
     manifest = load_manifest(CVSS_ART)
@@ -85,6 +94,7 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
     base = base_for(manifest)
     tokenizer = load_tokenizer(base)
     model = fresh_model(base, tokenizer.pad_token_id, cfg)  # LoRA on the recipe's top layers either way
+    rank_scaled = use_rank_scaled_lora(model, enable=not spec["peft_lora"])
     # lora_layers 0 here only sets how much is cached: nothing but the embeddings, so every layer runs per step
     rows, n_frozen, cache_seconds = cached_rows(
         model, tokenizer, manifest, examples, cfg if spec["cache"] else replace(cfg, lora_layers=0)
@@ -109,11 +119,14 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
         "cache_seconds": round(cache_seconds, 1),
         "torch_threads": torch.get_num_threads(),
         "lora_dropout": cfg.lora_dropout,
+        "rank_scaled_lora_layers": rank_scaled,
     }
 
 
 def run_one(cfg: Config, data: Path, n: int, steps: int, timeout: float) -> dict:
-    spec = json.dumps({"cache": cfg.cache, "lora_dropout": cfg.lora_dropout, "threads": cfg.threads})
+    spec = json.dumps(
+        {"cache": cfg.cache, "lora_dropout": cfg.lora_dropout, "threads": cfg.threads, "peft_lora": cfg.peft_lora}
+    )
     env = {**os.environ, "SECCLF_NO_PROGRESS": "1", **cfg.env}
     cmd = [sys.executable, "-m", "bench.train_speed", "--child", spec, "--data", str(data), "--n", str(n)]
     p = subprocess.run(
@@ -137,7 +150,7 @@ def summarise(runs: dict[str, list[dict]], warmup: int) -> dict[str, dict]:
             "mean_step_s": round(statistics.fmean([s for t in timed[c] for s in t]), 3),
             "round_medians_s": [round(m, 3) for m in rounds[c]],
             "timed_steps": sum(len(t) for t in timed[c]),
-            **{k: rs[0][k] for k in ("n_frozen", "torch_threads", "lora_dropout")},
+            **{k: rs[0].get(k) for k in ("n_frozen", "torch_threads", "lora_dropout", "rank_scaled_lora_layers")},
             "train_loss_by_round": [r["train_loss"] for r in rs],
         }
         if "before" in runs:
@@ -197,11 +210,23 @@ def main() -> None:
         "machine": machine(),
         "date": date.today().isoformat(),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        # uncommitted changes to the code: the commit alone does not say what ran
+        "dirty": bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "training", "bench", ":(exclude)bench/results"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        ),
         "n": args.n,
         "steps": args.steps,
         "warmup": args.warmup,
         "rounds": args.rounds,
-        "configs": [{"name": c.name, "what": c.what, "env": c.env, "threads": c.threads} for c in configs],
+        "configs": [
+            {"name": c.name, "what": c.what, "env": c.env, "threads": c.threads, "peft_lora": c.peft_lora}
+            for c in configs
+        ],
         "summary": summarise(runs, args.warmup),
         "runs": runs,
     }

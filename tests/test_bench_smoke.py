@@ -69,7 +69,8 @@ def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
 
 
 def test_train_speed_smoke(tmp_path, cti_vsp, base_model):
-    """`before` really runs every layer per step with dropout; the recipe runs only its adapted layers."""
+    """`before` really runs every layer per step with dropout and PEFT's LoRA forward; the recipe runs only its
+    adapted layers, with the rank-scaled forward."""
     r = run_module(
         "bench.train_speed",
         *("--n", "8", "--steps", "3", "--warmup", "1", "--rounds", "1", "--only", "before,recipe"),
@@ -84,6 +85,9 @@ def test_train_speed_smoke(tmp_path, cti_vsp, base_model):
     before, ours = result["summary"]["before"], result["summary"]["recipe"]
     assert (before["n_frozen"], before["lora_dropout"]) == (0, 0.05)
     assert (ours["n_frozen"], ours["lora_dropout"]) == (layers - recipe["lora_layers"], recipe["lora_dropout"])
+    # before runs PEFT's own LoRA forward; the recipe the rank-scaled one on every adapted linear layer
+    assert before["rank_scaled_lora_layers"] == 0
+    assert ours["rank_scaled_lora_layers"] == recipe["lora_layers"] * len(recipe["target_modules"])
     assert [len(run["step_seconds"]) for run in result["runs"]["recipe"]] == [3] and ours["timed_steps"] == 2
     # the ratio is the same round's before over the recipe (medians rounded to 3 places, the ratio to 2)
     assert abs(ours["speedup_by_round"][0] - before["round_medians_s"][0] / ours["round_medians_s"][0]) <= 0.006

@@ -61,8 +61,8 @@ from training.trainer import (
     TrainConfig,
     attack_logits_from_states,
     is_main_process,
-    lora_config,
     train,
+    with_lora,
 )
 from training.weight_average import TailAverages
 
@@ -81,11 +81,9 @@ def evaluate_attack_model(model, tokenizer, manifest: Manifest, examples: list[A
 def fresh_model(base_path: str, n_labels: int, pad_id: int, cfg: TrainConfig):
     """The base LM with a `score` head over `n_labels` and LoRA adapters, both drawn from `cfg.seed`."""
     import torch
-    from peft import get_peft_model
 
     torch.manual_seed(cfg.seed)  # every fold and the final model start from the same initial head and LoRA
-    model = new_sequence_classifier(base_path, n_labels, pad_id, torch.float32)
-    model = get_peft_model(model, lora_config(cfg, None, model.config.num_hidden_layers))
+    model = with_lora(new_sequence_classifier(base_path, n_labels, pad_id, torch.float32), cfg, None)
     model.get_base_model().score.weight.requires_grad_(True)  # trained in full beside the LoRA
     return model
 

@@ -40,7 +40,7 @@ from training.metrics import cvss_metrics
 from training.predict import predict_cvss
 from training.prior_correction import fit_prior_correction
 from training.split import calibration_halves, split_cvss
-from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, lora_config, train
+from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, train, with_lora
 from training.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
@@ -184,13 +184,12 @@ def fresh_model(base_path: str, pad_token_id: int, cfg: TrainConfig):
     """The base causal LM with LoRA adapters drawn from `cfg.seed`. Torch seeds each new process at
     random, so without this the same command would start (and end) from another adapter every run."""
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
     model.config.pad_token_id = pad_token_id
-    return get_peft_model(model, lora_config(cfg, "CAUSAL_LM", model.config.num_hidden_layers))
+    return with_lora(model, cfg, "CAUSAL_LM")
 
 
 def cvss_data_hash(examples: list[CvssExample]) -> str:

@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from training.layer_cache import pad_states, top_hidden
+from training.lora_forward import use_rank_scaled_lora
 from training.losses import allowed_value_cross_entropy, allowed_value_logits
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,16 @@ def lora_config(cfg: TrainConfig, task_type: str | None, num_layers: int):
         target_modules=list(cfg.target_modules),
         task_type=task_type,
     )
+
+
+def with_lora(model, cfg: TrainConfig, task_type: str | None):
+    """`model` wrapped with the LoRA adapters `cfg` describes, drawn from torch's current random state, each
+    running the rank-scaled forward where it is exact (`training/lora_forward.py`)."""
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora_config(cfg, task_type, model.config.num_hidden_layers))
+    use_rank_scaled_lora(model)
+    return model
 
 
 def train(

@@ -9,7 +9,7 @@ import torch
 from training.lora_forward import use_rank_scaled_lora
 from training.trainer import TrainConfig, lora_config
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = TrainConfig().target_modules  # every linear layer of a decoder block
 
 
 def _model(base_model, alpha: int = 32, r: int = 16, layers: int = 2):

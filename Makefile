@@ -45,7 +45,8 @@ bench: setup
 	$(PY) -m bench.run
 
 # Seconds per CVSS training step, side by side: the committed recipe against the path before the layer cache,
-# and thread settings (about 15 min on 2 cores). Writes bench/results/train-speed-<machine>-<date>.{json,md}
+# PEFT's LoRA forward and thread settings (about 17 min on the Intel Xeon, 30 on the AMD EPYC).
+# Writes bench/results/train-speed-<machine>-<date>.{json,md}
 bench-train: setup
 	$(PY) -m bench.train_speed
 

@@ -54,15 +54,26 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         ERRORS.labels(_route(request), _kind(exc)).inc()
-        headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, EngineUnavailable):
-            rid = REQUEST_ID.get()
-            log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log
-            body = {"detail": f"model unavailable; request id {rid}", "request_id": rid}
-        elif isinstance(exc, Overloaded):
-            body = {"detail": f"overloaded: {exc}; retry later"}
-        else:
-            body = {"detail": str(exc)}
-        return JSONResponse(body, exc.status, headers=headers)
+        status, body, headers = service_error_payload(exc)
+        return JSONResponse(body, status, headers=headers)
+
+
+def service_error_payload(exc: ServiceError) -> tuple[int, dict, dict[str, str]]:
+    """(status, JSON body, headers) of a domain error: the route's answer, and the batch command's line."""
+    headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, EngineUnavailable):
+        rid = REQUEST_ID.get()
+        log.error("engine failure (request %s): %s", rid, exc)  # details stay in the log
+        body = {"detail": f"model unavailable; request id {rid}", "request_id": rid}
+    elif isinstance(exc, Overloaded):
+        body = {"detail": f"overloaded: {exc}; retry later"}
+    else:
+        body = {"detail": str(exc)}
+    return exc.status, body, headers
+
+
+def validation_payload(errors, prefix: tuple = ("body",)) -> dict:
+    """A 422 body from pydantic errors, locations under `prefix` as FastAPI reports a request body's."""
+    return {"detail": [{**e, "loc": [*prefix, *e.get("loc", ())]} for e in _clean(errors)]}

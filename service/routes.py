@@ -14,6 +14,7 @@ from service.exceptions import DeadlineExceeded, InvalidInput, ModelNotReady, Ro
 from service.metrics import REGISTRY
 from service.models.attack import AttackModel
 from service.models.cvss import DEFAULT_ADAPTER, CvssModel
+from service.records import CveRecord, compare, parse_record
 from service.schemas import (
     AttackBatchResponse,
     AttackRequest,
@@ -24,6 +25,7 @@ from service.schemas import (
     ErrorResponse,
     LoadedModel,
     ModelsResponse,
+    check_text,
 )
 from service.security import require_api_key, require_api_key_for_ops
 from service.settings import Settings
@@ -97,14 +99,42 @@ def _require(model, name: str, models: Models):
 )
 async def classify_cvss(body: CvssRequest, models: ModelsDep, s: SettingsDep):
     cvss = _require(models.cvss, "CVSS", models)
-    texts = [body.description] if body.description is not None else list(body.descriptions or [])
+    records = _records(body)
+    texts = [r.description for r in records] if records is not None else _cvss_texts(body)
     _check_lengths(texts, s.max_text_chars)
     _log_texts("/classify/cvss", texts, s)
     adapter = body.adapter or DEFAULT_ADAPTER
     results = await _deadline(
         cvss.classify_many(texts, adapter=adapter, min_confidence=body.min_confidence, coverage=body.coverage), s
     )
-    return results[0] if body.description is not None else CvssBatchResponse(results=list(results))
+    for result, record in zip(results, records or [], strict=False):
+        _attach_record(result, record, cvss)
+    single = body.description is not None or body.record is not None
+    return results[0] if single else CvssBatchResponse(results=list(results))
+
+
+def _cvss_texts(body: CvssRequest) -> list[str]:
+    return [body.description] if body.description is not None else list(body.descriptions or [])
+
+
+def _records(body: CvssRequest) -> list[CveRecord] | None:
+    """The request's records parsed (a bad one is a 422 naming its index), or None for plain descriptions."""
+    if body.record is None and body.records is None:
+        return None
+    raw = [body.record] if body.record is not None else list(body.records or [])
+    parsed = [parse_record(r, i) for i, r in enumerate(raw)]
+    for i, record in enumerate(parsed):
+        try:
+            check_text(record.description)
+        except ValueError as e:
+            raise InvalidInput(f"record {i}: its English description {e}") from None
+    return parsed
+
+
+def _attach_record(result: CvssResult, record: CveRecord, cvss: CvssModel) -> None:
+    probs = {key: m.probabilities for key, m in result.metrics.items()}
+    result.cve_id = record.cve_id
+    result.reference_vectors = [compare(ref, cvss.labels, probs, result.base_score) for ref in record.references]
 
 
 @router.post(

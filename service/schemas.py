@@ -6,10 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from service.records import ReferenceVector
+
 MAX_ITEMS = 64
 
 
-def _not_blank(v: str) -> str:
+def check_text(v: str) -> str:
+    """What every classified text must be: some text, valid Unicode, no NUL (ValueError otherwise)."""
     if not v.strip():
         raise ValueError("must contain text, not be empty or whitespace only")
     try:
@@ -21,7 +24,7 @@ def _not_blank(v: str) -> str:
     return v
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+NonBlank = Annotated[str, AfterValidator(check_text)]
 
 CVE_EXAMPLE = (
     "A SQL injection vulnerability in the login form of Acme Portal 2.3 allows remote "
@@ -30,11 +33,11 @@ CVE_EXAMPLE = (
 REPORT_EXAMPLE = "The attackers used spearphishing emails with malicious Word attachments to gain initial access."
 
 
-def _one_of(single: str, many: str):
+def _one_of(*fields: str):
     def check(self):
-        has_one, has_many = getattr(self, single) is not None, getattr(self, many) is not None
-        if has_one == has_many:
-            raise ValueError(f"give exactly one of '{single}' or '{many}'")
+        given = [f for f in fields if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of " + ", ".join(f"'{f}'" for f in fields))
         return self
 
     return check
@@ -62,11 +65,19 @@ class CvssRequest(BaseModel):
     )
     description: NonBlank | None = Field(None, description="One CVE description")
     descriptions: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
+    record: dict[str, Any] | None = Field(
+        None,
+        description='One CVE record: an NVD API 2.0 vulnerability item ({"cve": {...}}) or a CVE JSON 5 record '
+        '("dataType": "CVE_RECORD"). Its English description is classified and its CVSS v3.x vectors compared',
+    )
+    records: list[dict[str, Any]] | None = Field(
+        None, min_length=1, max_length=MAX_ITEMS, description="A batch of records"
+    )
     adapter: str | None = Field(None, description="Name of a loaded CVSS LoRA adapter (default: the default one)")
     min_confidence: float | None = _min_confidence("a metric's top probability")
     coverage: float | None = _coverage("value of each metric")
 
-    _check = model_validator(mode="after")(_one_of("description", "descriptions"))
+    _check = model_validator(mode="after")(_one_of("description", "descriptions", "record", "records"))
 
 
 class AttackRequest(BaseModel):
@@ -109,6 +120,11 @@ class CvssResult(BaseModel):
     abstained: bool | None = Field(None, description="Only with min_confidence: some metric is below it")
     base_score_range: tuple[float, float] | None = Field(
         None, description="Only with coverage: lowest and highest base score of the vectors the metrics' sets allow"
+    )
+    cve_id: str | None = Field(None, description="Only for records: the record's CVE id")
+    reference_vectors: list[ReferenceVector] | None = Field(
+        None,
+        description="Only for records: every CVSS vector the record carries, v3.x ones with the model's agreement",
     )
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import uvicorn
 
 from service import logging_setup
 from service.app import create_app
+from service.http_protocol import protocol_for
 from service.settings import get_settings
 
 
 def main() -> None:
     logging_setup.configure()
     s = get_settings()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", s.vllm_log_level.upper())  # read by vLLM when it is imported
     app = create_app(s)
     # One process: vLLM's engine core runs in its own subprocess; scale out with replicas.
     # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to SECCLF_DRAIN_TIMEOUT_S, longer than
@@ -25,6 +28,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=s.drain_timeout_s,
+        http=protocol_for(s),  # header size, count and read-time limits (service/http_protocol.py)
+        timeout_keep_alive=s.http_keep_alive_s,
+        limit_concurrency=s.http_limit_concurrency,
     )
     server = uvicorn.Server(config)
     app.state.server = server  # the watchdog asks it to stop (draining) when a model stays dead

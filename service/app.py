@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import start_http_server
 
 from service import errors
-from service.metrics import MODEL_INFO, READY
+from service.metrics import MODEL_INFO, READY, REGISTRY
 from service.middleware import BodyLimit, RequestContext
 from service.models.attack import AttackModel
 from service.models.cvss import CvssModel
@@ -24,11 +27,52 @@ log = logging.getLogger("service")
 WARMUP_TEXT = "Warm-up request: a buffer overflow in a network service allows remote code execution."
 
 
+@contextmanager
+def private_ipc_dir():
+    """vLLM's engine sockets (ZeroMQ IPC files) in a folder of this process's own, removed at shutdown:
+    vLLM leaves them in the temp directory otherwise."""
+    folder = tempfile.mkdtemp(prefix="secclf-ipc-")
+    before = os.environ.get("VLLM_RPC_BASE_PATH")
+    os.environ["VLLM_RPC_BASE_PATH"] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
+        else:
+            os.environ["VLLM_RPC_BASE_PATH"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def metrics_server(s: Settings):
+    """/metrics on its own port when SECCLF_METRICS_PORT is set (for a scraper on a private network)."""
+    if s.metrics_port is None:
+        yield None
+        return
+    httpd, thread = start_http_server(s.metrics_port, addr=s.host, registry=REGISTRY)
+    log.info("metrics on port %d", s.metrics_port)
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
+    with private_ipc_dir(), metrics_server(app.state.settings):
+        async with _models_lifespan(app):
+            yield
+
+
+@asynccontextmanager
+async def _models_lifespan(app: FastAPI):
     s: Settings = app.state.settings
     models: Models = app.state.models
     classes = app.state.model_classes
+    watchdog = None
     if s.cvss_artifact:
         models.cvss = classes["cvss"](s.cvss_artifact, s)  # verifies hashes: a tampered artifact stops start-up here
     if s.attack_artifact:
@@ -38,11 +82,14 @@ async def lifespan(app: FastAPI):
             await model.load()
             manifest = model.manifest
             MODEL_INFO.labels(manifest.task).info(
-                {"artifact": manifest.name, "version": manifest.version, "base_model": model.base}
+                {"artifact": manifest.name, "version": manifest.version, "base_model": model.base_name}
             )
         if s.warmup:  # bounded: a warm-up that hangs fails start-up instead of leaving a pod never ready
             for model in models.loaded():
                 await asyncio.wait_for(model.classify_many([WARMUP_TEXT]), s.warmup_timeout_s)
+            for model in models.loaded():  # one at a time: each alone on the machine
+                probe = await asyncio.to_thread(full_length_text, model)
+                await asyncio.wait_for(model.measure_capacity(len(models.loaded()), probe), s.warmup_timeout_s)
         models.ready = True
         READY.set(1)
         if s.api_key_list:
@@ -55,10 +102,19 @@ async def lifespan(app: FastAPI):
     finally:
         models.ready = False
         READY.set(0)
-        if "watchdog" in locals():
+        if watchdog is not None:
             watchdog.cancel()
         for model in models.loaded():
             await model.close()
+
+
+def full_length_text(model) -> str:
+    """A text that fills the model's input window (the slowest admissible text: what capacity is sized on)."""
+    limit = model.manifest.max_input_tokens
+    text = WARMUP_TEXT
+    while len(model.tokenizer.encode(text, add_special_tokens=False)) <= limit:
+        text = f"{text} {WARMUP_TEXT}"
+    return text
 
 
 async def _watchdog(app: FastAPI) -> None:
@@ -93,7 +149,11 @@ def create_app(settings: Settings | None = None, model_classes: dict[str, type] 
     """`model_classes` ({"cvss": ..., "attack": ...}) replaces the vLLM-served models, e.g. with the fast
     test tier's fakes (subclasses of the real ones without an engine)."""
     s = settings or get_settings()
+    docs = s.docs_enabled  # off by default once keys are configured: strangers learn nothing of the API
     app = FastAPI(
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="secclf",
         version="0.1.0",
         description="Fine-tuned cybersecurity classifiers: CVSS v3.1 vectors (vLLM, grammar-constrained) "
@@ -113,6 +173,7 @@ def create_app(settings: Settings | None = None, model_classes: dict[str, type] 
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
         )
+    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes, timeout_s=s.http_body_timeout_s)
+    # outermost: every answer, a 413 or 408 from BodyLimit too, carries a request id and is counted
     app.add_middleware(RequestContext, routes=frozenset(r.path for r in app.routes if hasattr(r, "path")))
-    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)  # outermost: rejects before anything else
     return app

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import routes
 from service.errors import service_error_payload, validation_payload
-from service.exceptions import ServiceError
+from service.exceptions import ServiceError, quoted
 from service.logging_setup import REQUEST_ID
 from service.schemas import AttackRequest, CvssRequest
 from service.settings import Settings, get_settings
@@ -191,7 +191,7 @@ class Runner:
             return item.error
         route = ROUTES.get(item.url)
         if route is None:
-            return 404, {"detail": f"unknown url {item.url[:64]!r}; one of {sorted(ROUTES)}"}
+            return 404, {"detail": f"unknown url {quoted(item.url)!r}; one of {sorted(ROUTES)}"}
         if item.method != "POST":
             return 405, {"detail": "Method Not Allowed"}
         task, request_model, handler = route
@@ -208,7 +208,7 @@ class Runner:
             status, payload, _ = service_error_payload(e)
             return status, payload
         except Exception:  # a line's bug is that line's 500, as the server would answer; the run goes on
-            log.exception("request %s failed", item.custom_id[:64])
+            log.exception("request %s failed", quoted(item.custom_id))
             return 500, {"detail": "Internal Server Error"}
         finally:
             if held:
@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     duplicates = [cid for cid, n in seen.items() if n > 1]
     if duplicates:
         parser.error(
-            f"custom_id must be unique (resume is keyed by it): {len(duplicates)} repeat, e.g. {duplicates[0][:64]!r}"
+            f"custom_id must be unique (resume is keyed by it): {len(duplicates)} repeat, "
+            f"e.g. {quoted(duplicates[0])!r}"
         )
     done = done_ids(args.output)
     todo = [item for item in items if item.custom_id not in done]

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, ServiceError, Unauthorized
+from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, ServiceError, Unauthorized, quoted
 from service.logging_setup import REQUEST_ID
 from service.metrics import ERRORS
 
@@ -23,12 +23,14 @@ def _route(request: Request) -> str:
 
 
 def _clean(errors) -> list[dict]:
-    """Validation errors without echoing back the (possibly huge or binary) input."""
+    """Validation errors without echoing back the (possibly huge or binary) input: no `input`, and field
+    names (an unknown field's name is the client's) and context cut to a short prefix."""
     out = []
     for e in errors:
-        item = {k: e[k] for k in ("loc", "msg", "type") if k in e}
+        item = {k: e[k] for k in ("msg", "type") if k in e}
+        item["loc"] = [part if isinstance(part, int) else quoted(part) for part in e.get("loc", ())]
         if "ctx" in e:
-            item["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+            item["ctx"] = {quoted(k): quoted(v) for k, v in e["ctx"].items()}
         out.append(item)
     return out
 
@@ -60,7 +62,7 @@ def install(app: FastAPI) -> None:
 
 def service_error_payload(exc: ServiceError) -> tuple[int, dict, dict[str, str]]:
     """(status, JSON body, headers) of a domain error: the route's answer, and the batch command's line."""
-    headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_after else {}
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", RETRY_AFTER_S))} if exc.retry_after else {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, EngineUnavailable):

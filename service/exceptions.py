@@ -3,6 +3,14 @@ mapped to HTTP in one place, `service/errors.py`."""
 
 from __future__ import annotations
 
+MAX_QUOTED = 64  # how much of a client-supplied string (a name, a field, an id) an error message repeats
+
+
+def quoted(value: object, limit: int = MAX_QUOTED) -> str:
+    """`value` as text cut to a short prefix: an error never echoes a large client-supplied string."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} characters)"
+
 
 class ServiceError(Exception):
     """Base class; `status` is the HTTP answer and `retry_after` marks errors worth retrying."""
@@ -23,7 +31,7 @@ class InvalidInput(ServiceError):
 
 class UnknownAdapter(InvalidInput):
     def __init__(self, name: str, loaded: list[str]) -> None:
-        super().__init__(f"unknown adapter {name!r}; loaded: {sorted(loaded)}")
+        super().__init__(f"unknown adapter {quoted(name)!r}; loaded: {sorted(loaded)}")
 
 
 class RouteDisabled(ServiceError):
@@ -36,10 +44,15 @@ class ModelNotReady(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """The bounded count of texts in flight is reached: answer at once rather than queue without limit."""
+    """The bounded count of texts in flight is reached: answer at once rather than queue without limit.
+    `retry_after_s`: when the texts now in flight should be done, at the engine's measured rate."""
 
     status = 503
     retry_after = True
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class EngineUnavailable(ServiceError):
@@ -51,7 +64,3 @@ class EngineUnavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status = 504
-
-
-class ArtifactInvalid(ServiceError):
-    """An artifact or its folded checkpoint failed verification (raised at start-up, never per request)."""

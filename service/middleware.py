@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,10 +19,11 @@ DRAIN_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 class BodyLimit:
-    """Rejects bodies over `max_bytes` with 413, by Content-Length or while reading a chunked body."""
+    """Rejects bodies over `max_bytes` with 413, by Content-Length or while reading a chunked body, and
+    bodies not received within `timeout_s` with 408 (a Content-Length never filled holds no slot)."""
 
-    def __init__(self, app, max_bytes: int, drain_limit: int = DRAIN_LIMIT_BYTES) -> None:
-        self.app, self.max_bytes, self.drain_limit = app, max_bytes, drain_limit
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, drain_limit: int = DRAIN_LIMIT_BYTES) -> None:
+        self.app, self.max_bytes, self.timeout_s, self.drain_limit = app, max_bytes, timeout_s, drain_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -33,8 +35,13 @@ class BodyLimit:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.timeout_s
         while more:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                ERRORS.labels("other", "body_timeout").inc()
+                return await _send_json(send, 408, f"request body not received within {self.timeout_s:g} s")
             if msg["type"] == "http.disconnect":
                 return
             body = msg.get("body", b"")
@@ -44,11 +51,7 @@ class BodyLimit:
             chunks.append(body)
             more = msg.get("more_body", False)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def receive_replayed():
-            return replay.pop() if replay else await receive()
-
-        return await self.app(scope, receive_replayed, send)
+        return await _cancel_on_disconnect(self.app, scope, replay, receive, send)
 
     async def _reject(self, receive, send, read: int, more: bool = True) -> None:
         while more and read <= self.drain_limit:  # bounded: a larger body ends in a closed connection
@@ -58,15 +61,53 @@ class BodyLimit:
             read += len(msg.get("body", b""))
             more = msg.get("more_body", False)
         ERRORS.labels("other", "too_large").inc()
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, f"request body larger than {self.max_bytes} bytes")
+
+
+async def _cancel_on_disconnect(app, scope, replay: list[dict], receive, send) -> None:
+    """Runs the app on the read body and cancels it when the client disconnects before its answer: the
+    cancellation reaches the engine calls, so vLLM aborts the work and the in-flight slots are freed."""
+    gone = asyncio.Event()
+    answered = False
+
+    async def receive_replayed():
+        if replay:
+            return replay.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send_tracked(msg):
+        nonlocal answered
+        if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            answered = True
+        await send(msg)
+
+    work = asyncio.ensure_future(app(scope, receive_replayed, send_tracked))
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        if not answered:
+            work.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise  # the server is cancelling us, not the client
+        ERRORS.labels(getattr(scope.get("route"), "path", "other"), "client_gone").inc()
+    finally:
+        watcher.cancel()
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    """A JSON error answered from middleware; the connection closes after it (the body may be unread)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestContext:
@@ -82,7 +123,7 @@ class RequestContext:
         headers = dict(scope.get("headers") or [])
         rid = new_request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
         token = REQUEST_ID.set(rid)
-        status = {"code": 500}
+        status = {"code": 499}  # nothing sent: the client went away first (nginx's code)
         path = scope.get("path", "")
         gauge = IN_FLIGHT.labels(path if path in self.routes else "other")  # bounded label set
         gauge.inc()

@@ -14,13 +14,12 @@ from cvss import CVSS3
 from cvss.exceptions import CVSSError
 from pydantic import BaseModel, Field
 
-from service.exceptions import InvalidInput
+from service.exceptions import InvalidInput, quoted
 from training.artifact.manifest import CvssLabels
 
 NVD_METRIC_KEYS = {"cvssMetricV40": "4.0", "cvssMetricV31": "3.1", "cvssMetricV30": "3.0", "cvssMetricV2": "2.0"}
 CVE5_METRIC_KEYS = {"cvssV4_0": "4.0", "cvssV3_1": "3.1", "cvssV3_0": "3.0", "cvssV2_0": "2.0"}
 COMPARED_VERSIONS = ("3.0", "3.1")  # v3.0 and v3.1 share the base metrics and their values
-MAX_QUOTED = 64  # how much of a client-supplied string an error message repeats
 
 
 class MetricAgreement(BaseModel):
@@ -51,11 +50,6 @@ class CveRecord(BaseModel):
     references: list[ReferenceVector]
 
 
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
-
-
 def _english(descriptions: Any) -> str | None:
     """The first English description (`en`, `en-US`, ...) with text in it."""
     for d in descriptions if isinstance(descriptions, list) else []:
@@ -76,10 +70,10 @@ def _score(data: dict) -> float | None:
 def _nvd(cve: dict, index: int) -> CveRecord:
     cve_id = str(cve.get("id") or "")
     if str(cve.get("vulnStatus", "")).lower() == "rejected":
-        raise InvalidInput(f"record {index} ({_short(cve_id)}): the NVD marks this CVE Rejected")
+        raise InvalidInput(f"record {index} ({quoted(cve_id)}): the NVD marks this CVE Rejected")
     description = _english(cve.get("descriptions"))
     if description is None:
-        raise InvalidInput(f"record {index} ({_short(cve_id)}): no English description")
+        raise InvalidInput(f"record {index} ({quoted(cve_id)}): no English description")
     refs = []
     metrics = cve.get("metrics") if isinstance(cve.get("metrics"), dict) else {}
     for key, version in NVD_METRIC_KEYS.items():
@@ -126,7 +120,7 @@ def _cve5(record: dict, index: int) -> CveRecord:
     meta = record.get("cveMetadata") if isinstance(record.get("cveMetadata"), dict) else {}
     cve_id = str(meta.get("cveId") or "")
     if str(meta.get("state", "")).upper() == "REJECTED":
-        raise InvalidInput(f"record {index} ({_short(cve_id)}): the CVE record's state is REJECTED")
+        raise InvalidInput(f"record {index} ({quoted(cve_id)}): the CVE record's state is REJECTED")
     containers = record.get("containers") if isinstance(record.get("containers"), dict) else {}
     cna = containers.get("cna") if isinstance(containers.get("cna"), dict) else {}
     adps = [a for a in containers.get("adp") or [] if isinstance(a, dict)]
@@ -134,7 +128,7 @@ def _cve5(record: dict, index: int) -> CveRecord:
     for adp in adps:  # the CNA's description first, then an ADP's
         description = description or _english(adp.get("descriptions"))
     if description is None:
-        raise InvalidInput(f"record {index} ({_short(cve_id)}): no English description")
+        raise InvalidInput(f"record {index} ({quoted(cve_id)}): no English description")
     refs = _container_refs(cna, "CNA")
     for adp in adps:
         refs += _container_refs(adp, "ADP")

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.exceptions import DeadlineExceeded, InvalidInput, ModelNotReady, RouteDisabled
 from service.metrics import REGISTRY
 from service.models.attack import AttackModel
+from service.models.base import public_name
 from service.models.cvss import DEFAULT_ADAPTER, CvssModel
 from service.records import CveRecord, compare, parse_record
 from service.schemas import (
@@ -27,7 +28,7 @@ from service.schemas import (
     ModelsResponse,
     check_text,
 )
-from service.security import require_api_key, require_api_key_for_ops
+from service.security import require_api_key, require_api_key_for_metrics, require_api_key_for_ops
 from service.settings import Settings
 
 
@@ -185,7 +186,11 @@ async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
                 name=manifest.name,
                 version=manifest.version,
                 task=manifest.task,
-                base_model={**manifest.base_model.model_dump(), "serving": model.base},
+                base_model={
+                    **manifest.base_model.model_dump(),
+                    "name_or_path": public_name(manifest.base_model.name_or_path),
+                    "serving": model.base_name,
+                },
                 labels=labels,
                 temperature=manifest.temperature,
                 prior_correction=manifest.prior_correction.tau if manifest.prior_correction else None,
@@ -199,6 +204,14 @@ async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
     return ModelsResponse(models=out, auth_enabled=bool(s.api_key_list))
 
 
-@router.get("/metrics", tags=["ops"], dependencies=ops, summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    dependencies=[Depends(require_api_key_for_metrics)],
+    summary="Prometheus metrics (a key when keys are configured; or on SECCLF_METRICS_PORT instead)",
+    response_class=Response,
+)
+async def metrics(s: SettingsDep) -> Response:
+    if s.metrics_port is not None:
+        raise RouteDisabled(f"metrics are served on their own port ({s.metrics_port})")
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -11,10 +12,17 @@ from service.records import ReferenceVector
 MAX_ITEMS = 64
 
 
+# Characters that show nothing: controls, formats (zero-width space and joiners, BOM, bidi marks), separators,
+# unassigned and private-use code points, and combining marks with no base
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+
+
 def check_text(v: str) -> str:
-    """What every classified text must be: some text, valid Unicode, no NUL (ValueError otherwise)."""
+    """What every classified text must be: some visible text, valid Unicode, no NUL (ValueError otherwise)."""
     if not v.strip():
         raise ValueError("must contain text, not be empty or whitespace only")
+    if all(unicodedata.category(ch) in _INVISIBLE for ch in v):
+        raise ValueError("has no visible characters (only spaces, zero-width or control characters)")
     try:
         v.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800": valid JSON, not valid text
@@ -60,8 +68,11 @@ def _coverage(what: str):
 
 
 class CvssRequest(BaseModel):
+    # strict: no bool or string taken for a number (`"top_k": true` is not 1)
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"description": CVE_EXAMPLE}, {"descriptions": [CVE_EXAMPLE]}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"description": CVE_EXAMPLE}, {"descriptions": [CVE_EXAMPLE]}]},
     )
     description: NonBlank | None = Field(None, description="One CVE description")
     descriptions: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
@@ -81,7 +92,9 @@ class CvssRequest(BaseModel):
 
 
 class AttackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": REPORT_EXAMPLE, "top_k": 5}]})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"text": REPORT_EXAMPLE, "top_k": 5}]}
+    )
     text: NonBlank | None = Field(None, description="One threat-report excerpt")
     texts: list[NonBlank] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="A batch")
     top_k: int = Field(5, ge=1, le=50, description="How many techniques to return, most probable first")

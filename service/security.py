@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.exceptions import Unauthorized
 
+# Declares the bearer scheme in the OpenAPI document; the header is checked below (first header wins)
+BEARER = HTTPBearer(auto_error=False, description="One of the server's SECCLF_API_KEYS")
+Declared = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
-def require_api_key(request: Request) -> None:
+
+def require_api_key(request: Request, _declared: Declared = None) -> None:
     keys: list[str] = request.app.state.settings.api_key_list
     if not keys:
         return
@@ -24,6 +30,12 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("missing or invalid API key")
 
 
-def require_api_key_for_ops(request: Request) -> None:
+def require_api_key_for_ops(request: Request, _declared: Declared = None) -> None:
     if request.app.state.settings.protect_ops_endpoints:
+        require_api_key(request)
+
+
+def require_api_key_for_metrics(request: Request, _declared: Declared = None) -> None:
+    s = request.app.state.settings
+    if s.protect_ops_endpoints or s.metrics_require_key:
         require_api_key(request)

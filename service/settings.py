@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     max_text_chars: int = 20_000
 
+    # Connection hygiene in the server itself (the reverse proxy in front should enforce the same: docker/nginx)
+    http_header_timeout_s: float = Field(10.0, description="A request's line and headers must arrive within this (408)")
+    http_body_timeout_s: float = Field(30.0, description="A request's body must arrive within this (408)")
+    http_max_header_bytes: int = Field(64 * 1024, description="Request line and headers, bytes (431 above)")
+    http_max_headers: int = Field(100, description="Header fields per request (431 above)")
+    http_keep_alive_s: float = Field(5.0, description="Idle keep-alive connections are closed after this")
+    http_limit_concurrency: int = Field(
+        1024, description="Open connections plus tasks before the server answers 503 without reading the request"
+    )
+
     warmup: bool = True
     warmup_timeout_s: float = Field(600.0, description="Start-up fails (exit 1) if the warm-up request takes longer")
     drain_timeout_s: float = Field(
@@ -70,9 +80,33 @@ class Settings(BaseSettings):
     # Security and reliability
     api_keys: str = Field("", description="Comma-separated bearer keys; empty disables auth (logged at start-up)")
     protect_ops_endpoints: bool = Field(False, description="Also require a key for /healthz, /readyz, /metrics")
+    metrics_require_key: bool = Field(
+        True, description="/metrics needs a bearer key whenever keys are configured (it shows what clients classify)"
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="Serve /metrics on this port instead (no key; keep it private to the scraper), and not on PORT",
+    )
+    docs: Literal["auto", "on", "off"] = Field(
+        "auto", description="/docs, /redoc and /openapi.json. auto: on only while auth is disabled (development)"
+    )
+    vllm_log_level: str = Field(
+        "WARNING", description="vLLM's own log level (its INFO lines print engine configs with server paths)"
+    )
     cors_origins: str = Field("", description="Comma-separated allowed origins; empty: CORS off")
-    max_inflight_cvss: int = Field(256, description="CVSS texts in flight before 503 + Retry-After")
-    max_inflight_attack: int = Field(1024, description="ATT&CK texts in flight before 503 + Retry-After")
+    max_inflight_cvss: int | None = Field(
+        None,
+        description="CVSS texts in flight before 503 + Retry-After. Unset: measured at start-up, what this machine "
+        "finishes within the request deadline (see admission_share)",
+    )
+    max_inflight_attack: int | None = Field(None, description="ATT&CK texts in flight; unset: measured, as CVSS")
+    admission_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Measured limits admit the texts the engine finishes in this share of the request deadline "
+        "(with every engine busy at once on a CPU); never fewer than one full request",
+    )
     request_timeout_s: float = Field(120.0, description="Per-request deadline; past it the answer is 504")
     unhealthy_exit_s: float = Field(15.0, description="Exit non-zero after a model stays unhealthy this long")
     log_text: bool = Field(False, description="Log request texts (off: never logged)")
@@ -85,6 +119,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.docs == "on" or (self.docs == "auto" and not self.api_key_list)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from training.artifact.encoding import cvss_value_token_ids, render, sharpen
+from training.artifact.encoding import cvss_value_token_ids, encode_batch, render, sharpen
 from training.artifact.manifest import CvssLabels, Manifest
 
 
@@ -34,10 +34,9 @@ def predict_cvss(
         for m in labels.metrics
     ]
     results: list[dict[str, dict[str, float]]] = []
-    tokenizer.padding_side = "left"
     for start in range(0, len(texts), batch_size):
         prompts = [render(tokenizer, manifest, t)[0] for t in texts[start : start + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = encode_batch(tokenizer, prompts, "left").to(device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         # the LM head at the last position only: over every prompt position it was ~1/5 of the pass
@@ -70,8 +69,7 @@ def predict_cvss(
 def encode_attack(tokenizer, manifest: Manifest, texts: Sequence[str]):
     """Tokenize with right padding (pads after the text, so a text's logits do not depend on its batch)."""
     rendered = [render(tokenizer, manifest, t) for t in texts]
-    tokenizer.padding_side = "right"
-    enc = tokenizer([r[0] for r in rendered], return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = encode_batch(tokenizer, [r[0] for r in rendered], "right")
     return enc, [r[1] for r in rendered]
 
 

@@ -33,7 +33,7 @@ class AttackModel(VllmModel[AttackResult]):
         self._params = None
 
     @property
-    def max_inflight(self) -> int:
+    def configured_inflight(self) -> int | None:
         return self.settings.max_inflight_attack
 
     async def start_engine(self):
@@ -47,10 +47,10 @@ class AttackModel(VllmModel[AttackResult]):
         )
         log.info(
             "ATT&CK engine ready: base=%s labels=%d T=%.3f folded=%s",
-            self.base,
+            self.base_name,
             len(self.labels.techniques),
             self.manifest.temperature,
-            folded,
+            folded.name,
         )
         return engine
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from service.engine import on_gpu
 from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
 from service.metrics import (
     ABSTAINED,
@@ -23,15 +26,20 @@ from service.metrics import (
     TOP1_CONFIDENCE,
     TRUNCATED,
 )
-from service.schemas import ModelInfo
+from service.schemas import MAX_ITEMS, ModelInfo
 from service.settings import Settings
 from training.artifact.base_model import pin_revision
-from training.artifact.encoding import encode_prompt
+from training.artifact.encoding import check_template, encode_prompt
 from training.artifact.loading import base_for, load_tokenizer
 from training.artifact.manifest import ArtifactError, ConformalLevel, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+
+
+def public_name(name_or_path: str) -> str:
+    """A base model as clients and metrics may see it: a hub id as is, a local folder by its name only."""
+    return Path(name_or_path).name if Path(name_or_path).is_absolute() else name_or_path
 
 
 class VllmModel(ABC, Generic[R]):
@@ -45,17 +53,27 @@ class VllmModel(ABC, Generic[R]):
             raise ArtifactError(f"{artifact}: task {self.manifest.task!r}, expected {self.task!r}")
         self.base = base_for(self.manifest, settings.base_model)
         revision = settings.base_model_revision or self.manifest.base_model.revision
+        # never the server's path: the folder's name with its verified weights hash, or the hub id@revision
+        weights = self.manifest.base_model.weights_sha256 if settings.base_model is None else None
+        self.base_name = public_name(self.base) + (
+            f"@sha256:{weights[:12]}" if weights and Path(self.base).is_dir() else f"@{revision}" if revision else ""
+        )
         pin_revision(self.base, revision)
         if not Path(self.base).is_dir() and not revision:
             log.warning("base model %s is a hub id with no pinned revision (SECCLF_BASE_MODEL_REVISION)", self.base)
         self.engine = None
         self.tokenizer = None
         self.inflight = 0  # texts accepted and not yet answered
+        # one thread per model: a fast tokenizer is not safe to share between threads
+        self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokenize-{self.task}")
+        self.rate = 0.0  # texts per second at full-length inputs, measured at start-up (0: not measured)
+        self.capacity = MAX_ITEMS  # texts this machine finishes within the deadline (set by measure_capacity)
 
     # -- subclasses ------------------------------------------------------------------------------
     @property
     @abstractmethod
-    def max_inflight(self) -> int: ...
+    def configured_inflight(self) -> int | None:
+        """The operator's in-flight limit (texts), or None to use the measured capacity."""
 
     @abstractmethod
     async def start_engine(self) -> Any:
@@ -96,12 +114,39 @@ class VllmModel(ABC, Generic[R]):
             )
         return level
 
+    @property
+    def max_inflight(self) -> int:
+        return self.configured_inflight or self.capacity
+
+    async def measure_capacity(self, engines: int, probe: str, n: int = 8) -> None:
+        """Time `n` full-length texts together: the rate sets the admitted capacity (what finishes within
+        `admission_share` of the deadline while `engines` engines share the machine) and Retry-After."""
+        t0 = time.perf_counter()
+        await self.classify_many([probe] * n)
+        alone = n / (time.perf_counter() - t0)
+        s = self.settings
+        self.rate = alone / engines if not on_gpu() else alone  # on a CPU the engines share the cores
+        self.capacity = max(MAX_ITEMS, int(self.rate * s.request_timeout_s * s.admission_share))
+        log.info(
+            "%s capacity: %.2f full-length texts/s -> %d texts in flight (limit %s)",
+            self.task,
+            self.rate,
+            self.capacity,
+            self.configured_inflight or "measured",
+        )
+
+    def retry_after_s(self) -> int:
+        """Seconds until the texts in flight are done at the measured rate (1 when not measured)."""
+        return max(1, math.ceil(self.inflight / self.rate)) if self.rate > 0 else 1
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
         self.tokenizer = load_tokenizer(self.base)
+        check_template(self.tokenizer, self.manifest)
         self.engine = await self.start_engine()
 
     async def close(self) -> None:
+        self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -113,7 +158,7 @@ class VllmModel(ABC, Generic[R]):
     def info(self, adapter: str | None = None) -> ModelInfo:
         manifest = self.manifest
         return ModelInfo(
-            name=manifest.name, version=manifest.version, task=self.task, base_model=self.base, adapter=adapter
+            name=manifest.name, version=manifest.version, task=self.task, base_model=self.base_name, adapter=adapter
         )
 
     # -- per text ----------------------------------------------------------------------------------
@@ -143,11 +188,23 @@ class VllmModel(ABC, Generic[R]):
     def request_id() -> str:
         return uuid.uuid4().hex
 
+    def preprocess_all(self, texts: Sequence[str]) -> list[tuple[list[int], bool, float]]:
+        """Every text's ids, truncation flag and seconds spent: run on the tokenizer thread, off the loop."""
+        out = []
+        for text in texts:
+            t0 = time.perf_counter()
+            ids, truncated = self.preprocess(text)
+            out.append((ids, truncated, time.perf_counter() - t0))
+        return out
+
     async def classify(
-        self, text: str, min_confidence: float | None = None, level: ConformalLevel | None = None, **opts: Any
+        self,
+        encoded: tuple[list[int], bool, float],
+        min_confidence: float | None = None,
+        level: ConformalLevel | None = None,
+        **opts: Any,
     ) -> R:
-        t0 = time.perf_counter()
-        ids, truncated = self.preprocess(text)
+        ids, truncated, preprocess_s = encoded
         t1 = time.perf_counter()
         out = await self.predict(ids, **opts)
         t2 = time.perf_counter()
@@ -160,7 +217,7 @@ class VllmModel(ABC, Generic[R]):
             for field, size in self.add_prediction_set(out, result, level):
                 SET_SIZE.labels(self.task, field, f"{level.coverage:g}").observe(size)
         t3 = time.perf_counter()
-        for stage, seconds in (("preprocess", t1 - t0), ("predict", t2 - t1), ("postprocess", t3 - t2)):
+        for stage, seconds in (("preprocess", preprocess_s), ("predict", t2 - t1), ("postprocess", t3 - t2)):
             STAGE_LATENCY.labels(self.task, stage).observe(seconds)
         ITEMS.labels(self.task).inc()
         INPUT_TOKENS.labels(self.task).observe(len(ids))
@@ -185,9 +242,21 @@ class VllmModel(ABC, Generic[R]):
         if n > self.max_inflight:  # could never be accepted: retrying would not help
             raise InvalidInput(f"{n} texts exceed this server's in-flight limit of {self.max_inflight}")
         if self.inflight + n > self.max_inflight:  # answer at once rather than queue without bound
-            raise Overloaded(f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})")
+            raise Overloaded(
+                f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})", self.retry_after_s()
+            )
         self.inflight += n
         try:
-            return list(await asyncio.gather(*(self.classify(t, min_confidence, level, **opts) for t in texts)))
+            # Tokenizing 64 long texts takes tens of milliseconds: on the tokenizer thread, the event loop
+            # keeps answering probes and refusals meanwhile.
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(self.tokenizer_pool, self.preprocess_all, texts)
+            # A TaskGroup, not gather: a failed text cancels its siblings (vLLM aborts them) and the slots are
+            # released only once every text has left the engine, so `inflight` never undercounts.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.classify(e, min_confidence, level, **opts)) for e in encoded]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure is the request's answer
         finally:
             self.inflight -= n
+        return [t.result() for t in tasks]

@@ -54,7 +54,7 @@ class CvssModel(VllmModel[CvssResult]):
         self._params: dict[str, object] = {}  # adapter -> its SamplingParams
 
     @property
-    def max_inflight(self) -> int:
+    def configured_inflight(self) -> int | None:
         return self.settings.max_inflight_cvss
 
     # -- load ---------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ class CvssModel(VllmModel[CvssResult]):
             name: None if merge else LoRARequest(f"{name}-{manifest.version}", i + 1, str(path))
             for i, (name, (path, manifest)) in enumerate(self.adapters.items())
         }
-        log.info("CVSS engine starting: base=%s adapters=%s merged=%s", self.base, list(self.adapters), merge)
+        log.info("CVSS engine starting: base=%s adapters=%s merged=%s", self.base_name, list(self.adapters), merge)
         # Returned, never bound to a local: vLLM keeps a frame object from inside this call alive (its f_back
         # chain reaches this frame), so a local would hold the engine past close() until interpreter teardown,
         # where its __del__ fails ("TypeError: 'NoneType' object is not callable").

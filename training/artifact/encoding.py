@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from training.artifact.manifest import CvssLabels, Manifest
-from training.artifact.prompting import truncate
+from training.artifact.manifest import ArtifactError, CvssLabels, Manifest
+from training.artifact.prompting import PLAIN_TEXT, truncate
 
 
 def cvss_value_token_ids(tokenizer, labels: CvssLabels) -> list[list[int]]:
@@ -44,6 +44,23 @@ def render(tokenizer, manifest: Manifest, text: str) -> tuple[str, bool]:
 
 
 def encode_prompt(tokenizer, manifest: Manifest, text: str) -> tuple[list[int], bool]:
-    """The prompt's token ids as training encodes them (no special tokens: no BOS drift on Llama-3)."""
+    """The prompt's token ids as training encodes them: no BOS (no drift on Llama-3) and the user's text as
+    plain text (a control token written in it is not one)."""
     prompt, truncated = render(tokenizer, manifest, text)
-    return tokenizer.encode(prompt, add_special_tokens=False), truncated
+    return tokenizer.encode(prompt, **PLAIN_TEXT), truncated
+
+
+def encode_batch(tokenizer, prompts: list[str], padding_side: str):
+    """Rendered prompts as one padded batch of tensors, encoded as `encode_prompt` encodes one."""
+    tokenizer.padding_side = padding_side
+    return tokenizer(prompts, return_tensors="pt", padding=True, **PLAIN_TEXT)
+
+
+def check_template(tokenizer, manifest: Manifest) -> None:
+    """Prompts are encoded with special tokens split (PLAIN_TEXT): a template holding one would lose it."""
+    found = [t for t in tokenizer.all_special_tokens if t and t in manifest.prompt_template]
+    if found:
+        raise ArtifactError(
+            f"{manifest.name}: the prompt template holds special tokens {found}; prompts are "
+            "encoded as plain text, so it cannot"
+        )

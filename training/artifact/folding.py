@@ -88,9 +88,9 @@ def _cached_or_built(base: str, artifact: Path, manifest: Manifest, out: Path, i
         except OSError:  # weights missing or unreadable: rebuild
             intact = False
         if recorded.get("inputs") == inputs and intact:
-            log.info("using cached folded model %s", out)
+            log.info("using cached folded model %s", out.name)
             return out
-        log.warning("folded model %s does not match its inputs or its stamp; rebuilding", out)
+        log.warning("folded model %s does not match its inputs or its stamp; rebuilding", out.name)
     _build(base, artifact, manifest, out, inputs)
     return out
 
@@ -136,4 +136,4 @@ def _build(base: str, artifact: Path, manifest: Manifest, out: Path, inputs: dic
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("folded %s into %s -> %s", artifact, base, out)
+    log.info("folded %s into %s -> %s", Path(artifact).name, Path(base).name, out.name)

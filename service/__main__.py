@@ -9,6 +9,7 @@ import uvicorn
 
 from service import logging_setup
 from service.app import create_app
+from service.exceptions import EXIT_STARTUP_FAILED
 from service.http_protocol import protocol_for
 from service.settings import get_settings
 
@@ -35,7 +36,7 @@ def main() -> None:
     server = uvicorn.Server(config)
     app.state.server = server  # the watchdog asks it to stop (draining) when a model stays dead
     server.run()
-    sys.exit(app.state.exit_code)
+    sys.exit(app.state.exit_code if server.started else EXIT_STARTUP_FAILED)
 
 
 if __name__ == "__main__":

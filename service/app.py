@@ -16,6 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import start_http_server
 
 from service import errors
+from service.admission import WorkBudget
+from service.exceptions import EXIT_ENGINE_DEAD
 from service.metrics import MODEL_INFO, READY, REGISTRY
 from service.middleware import BodyLimit, RequestContext
 from service.models.attack import AttackModel
@@ -88,8 +90,11 @@ async def _models_lifespan(app: FastAPI):
             for model in models.loaded():
                 await asyncio.wait_for(model.classify_many([WARMUP_TEXT]), s.warmup_timeout_s)
             for model in models.loaded():  # one at a time: each alone on the machine
-                probe = await asyncio.to_thread(full_length_text, model)
-                await asyncio.wait_for(model.measure_capacity(len(models.loaded()), probe), s.warmup_timeout_s)
+                probes = probe_texts(8, s.max_text_chars)
+                await asyncio.wait_for(model.measure_capacity(probes), s.warmup_timeout_s)
+        budget = WorkBudget(s.request_timeout_s * s.admission_share)  # shared: the engines share the device
+        for model in models.loaded():
+            model.budget = budget
         models.ready = True
         READY.set(1)
         if s.api_key_list:
@@ -108,13 +113,10 @@ async def _models_lifespan(app: FastAPI):
             await model.close()
 
 
-def full_length_text(model) -> str:
-    """A text that fills the model's input window (the slowest admissible text: what capacity is sized on)."""
-    limit = model.manifest.max_input_tokens
-    text = WARMUP_TEXT
-    while len(model.tokenizer.encode(text, add_special_tokens=False)) <= limit:
-        text = f"{text} {WARMUP_TEXT}"
-    return text
+def probe_texts(n: int, chars: int) -> list[str]:
+    """`n` different texts of the longest admissible length: the slowest requests (truncation included)
+    that capacity is sized on; different, so no prefix cache makes them look cheap."""
+    return [(f"Probe {i}: {WARMUP_TEXT} " * (chars // len(WARMUP_TEXT) + 1))[:chars] for i in range(n)]
 
 
 async def _watchdog(app: FastAPI) -> None:
@@ -136,10 +138,10 @@ async def _watchdog(app: FastAPI) -> None:
             log.error("unhealthy: %s", sick)
         elif time.monotonic() - since > s.unhealthy_exit_s:
             log.critical("still unhealthy after %.0fs (%s): exiting for a restart", s.unhealthy_exit_s, sick)
-            app.state.exit_code = 3
+            app.state.exit_code = EXIT_ENGINE_DEAD
             server = getattr(app.state, "server", None)
             if server is not None:
-                server.should_exit = True  # uvicorn drains in-flight requests, then stops; main exits 3
+                server.should_exit = True  # uvicorn drains in-flight requests, then stops; main exits 4
             else:
                 os.kill(os.getpid(), signal.SIGTERM)
             return
@@ -173,7 +175,7 @@ def create_app(settings: Settings | None = None, model_classes: dict[str, type] 
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
         )
-    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes, timeout_s=s.http_body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=s.body_limit_bytes, timeout_s=s.http_body_timeout_s)
     # outermost: every answer, a 413 or 408 from BodyLimit too, carries a request id and is counted
     app.add_middleware(RequestContext, routes=frozenset(r.path for r in app.routes if hasattr(r, "path")))
     return app

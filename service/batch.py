@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import routes
 from service.errors import service_error_payload, validation_payload
-from service.exceptions import ServiceError, quoted
+from service.exceptions import Overloaded, ServiceError, quoted
 from service.logging_setup import REQUEST_ID
 from service.schemas import AttackRequest, CvssRequest
 from service.settings import Settings, get_settings
@@ -202,8 +202,12 @@ class Runner:
         budget = self.budget.get(task)
         held = await budget.take(texts_of(item)) if budget is not None else 0
         try:
-            result = await handler(body=body, models=self.models, s=self.settings)
-            return 200, result.model_dump(mode="json", exclude_unset=True)
+            while True:
+                try:
+                    result = await handler(body=body, models=self.models, s=self.settings)
+                    return 200, result.model_dump(mode="json", exclude_unset=True)
+                except Overloaded as e:  # the other route's work fills the shared budget: wait, as a client would
+                    await asyncio.sleep(min(e.retry_after_s, 5))
         except ServiceError as e:
             status, payload, _ = service_error_payload(e)
             return status, payload

@@ -3,6 +3,12 @@ mapped to HTTP in one place, `service/errors.py`."""
 
 from __future__ import annotations
 
+# Process exit codes of `python -m service` (documented in the README): a supervisor restarts on either,
+# but only an engine death is worth restarting at once; a start-up failure (bad artifact, hash mismatch,
+# max_model_len too small) repeats until the configuration changes.
+EXIT_STARTUP_FAILED = 3
+EXIT_ENGINE_DEAD = 4
+
 MAX_QUOTED = 64  # how much of a client-supplied string (a name, a field, an id) an error message repeats
 
 

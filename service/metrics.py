@@ -31,6 +31,12 @@ ENGINE_RUNNING = Gauge(
 ENGINE_WAITING = Gauge(
     "secclf_engine_waiting_requests", "Requests waiting for the engine's scheduler", ["model"], registry=REGISTRY
 )
+ENGINE_UNFINISHED = Gauge(
+    "secclf_engine_unfinished_requests",
+    "Requests the engine holds (running or waiting), read from the engine client at scrape time",
+    ["model"],
+    registry=REGISTRY,
+)
 ENGINE_QUEUE_TIME = Histogram(
     "secclf_engine_queue_seconds",
     "Time a request waited in the engine before it was scheduled",

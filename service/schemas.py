@@ -8,9 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from service.records import ReferenceVector
-
-MAX_ITEMS = 64
-
+from service.settings import MAX_ITEMS
 
 # Characters that show nothing: controls, formats (zero-width space and joiners, BOM, bidi marks), separators,
 # unassigned and private-use code points, and combining marks with no base

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_ITEMS = 64  # texts or records per request
 
 
 class Settings(BaseSettings):
@@ -57,9 +58,13 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(REPO_ROOT / "models" / "cache", description="Merged-model cache (safe to delete)")
 
-    # Input limits
-    max_body_bytes: int = 1_000_000
-    max_text_chars: int = 20_000
+    # Input limits (the request schemas take MAX_ITEMS from here)
+    max_text_chars: int = Field(20_000, description="Characters per text (422 above)")
+    max_body_bytes: int | None = Field(
+        None,
+        description="Request body bytes (413 above). Unset: room for MAX_ITEMS texts of max_text_chars in UTF-8 "
+        "(4 bytes a character at most) plus 64 KiB, so every request within the per-item limits is accepted",
+    )
 
     # Connection hygiene in the server itself (the reverse proxy in front should enforce the same: docker/nginx)
     http_header_timeout_s: float = Field(10.0, description="A request's line and headers must arrive within this (408)")
@@ -72,7 +77,7 @@ class Settings(BaseSettings):
     )
 
     warmup: bool = True
-    warmup_timeout_s: float = Field(600.0, description="Start-up fails (exit 1) if the warm-up request takes longer")
+    warmup_timeout_s: float = Field(600.0, description="Start-up fails (exit 3) if the warm-up request takes longer")
     drain_timeout_s: float = Field(
         150.0, description="On SIGTERM, in-flight requests get this long to finish (above the request deadline)"
     )
@@ -96,19 +101,19 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="Comma-separated allowed origins; empty: CORS off")
     max_inflight_cvss: int | None = Field(
         None,
-        description="CVSS texts in flight before 503 + Retry-After. Unset: measured at start-up, what this machine "
-        "finishes within the request deadline (see admission_share)",
+        description="Also cap CVSS texts in flight at this (503 + Retry-After above). Unset: admission by "
+        "measured capacity alone (admission_share)",
     )
-    max_inflight_attack: int | None = Field(None, description="ATT&CK texts in flight; unset: measured, as CVSS")
+    max_inflight_attack: int | None = Field(None, description="Also cap ATT&CK texts in flight at this")
     admission_share: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Measured limits admit the texts the engine finishes in this share of the request deadline "
-        "(with every engine busy at once on a CPU); never fewer than one full request",
+        description="Admit requests while the engine work in flight (measured per text at start-up, summed over "
+        "both engines, which share the device) fits in this share of the request deadline",
     )
     request_timeout_s: float = Field(120.0, description="Per-request deadline; past it the answer is 504")
-    unhealthy_exit_s: float = Field(15.0, description="Exit non-zero after a model stays unhealthy this long")
+    unhealthy_exit_s: float = Field(15.0, description="Exit 4 after a model stays unhealthy this long")
     log_text: bool = Field(False, description="Log request texts (off: never logged)")
 
     @field_validator("cvss_artifact", "attack_artifact", mode="before")
@@ -119,6 +124,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def body_limit_bytes(self) -> int:
+        return self.max_body_bytes or MAX_ITEMS * self.max_text_chars * 4 + 64 * 1024
 
     @property
     def docs_enabled(self) -> bool:

@@ -33,6 +33,7 @@ class _Controls:
 
     async def load(self) -> None:
         self.tokenizer = load_tokenizer(self.base)  # real truncation and encoding
+        self.check_model_len()  # the real start-up checks
         self.engine = FakeEngine()
         self.on_load()
 

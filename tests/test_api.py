@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -277,3 +280,16 @@ def test_coverage_returns_prediction_sets_and_unsupported_coverage_is_a_422(clie
     assert 'secclf_prediction_set_size_count{coverage="0.8",field="technique",model="attack"}' in metrics
     assert 'secclf_prediction_set_size_count{coverage="0.9",field="AV",model="cvss"}' in metrics
     assert 'secclf_prediction_set_size_count{coverage="0.9",field="vector",model="cvss"}' in metrics
+
+
+def test_a_model_window_too_small_for_the_manifest_fails_start_up_with_exit_3(base_model):
+    """Checked before any engine starts: the process exits with the start-up code, not the engine-death one."""
+    from service.exceptions import EXIT_STARTUP_FAILED
+    from tests.conftest import REPO
+
+    env = {**os.environ, "SECCLF_MAX_MODEL_LEN": "200", "PORT": "0"}
+    r = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == EXIT_STARTUP_FAILED, r.stderr[-2000:]
+    assert "SECCLF_MAX_MODEL_LEN=200 cannot hold a cvss prompt" in r.stderr + r.stdout

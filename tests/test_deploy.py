@@ -45,7 +45,32 @@ def test_compose_file_follows_the_compose_specification():
     assert services["secclf-cpu"]["build"]["dockerfile"] == "docker/Dockerfile.cpu"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert all(s.get("restart") == "unless-stopped" for s in services.values())
-    assert "COMPOSE_PROFILES=gpu" in (REPO / ".env").read_text()
+    assert "COMPOSE_PROFILES=gpu" in (REPO / ".env.example").read_text()
+    proxy = services["proxy"]
+    assert proxy["ports"] == ["127.0.0.1:8080:8080"] and "./docker/nginx/nginx.conf:" in proxy["volumes"][0]
+    for name in ("secclf", "secclf-cpu"):  # the proxy's and Prometheus's one upstream name
+        assert services[name]["networks"]["default"]["aliases"] == ["secclf-api"]
+        assert services[name]["environment"]["SECCLF_METRICS_PORT"] == "9100"
+
+
+def test_nginx_example_bounds_what_the_service_bounds():
+    """The proxy's limits sit at or inside the service's own: it turns abuse away first."""
+    from service.settings import Settings
+
+    s = Settings()
+    conf = (REPO / "docker/nginx/nginx.conf").read_text()
+
+    def value(directive: str) -> str:
+        return re.search(rf"^\s*{directive}\s+([^;]+);", conf, re.M).group(1)
+
+    assert _seconds(value("client_header_timeout")) <= s.http_header_timeout_s
+    assert _seconds(value("client_body_timeout")) <= s.http_body_timeout_s
+    assert _seconds(value("keepalive_timeout")) <= s.http_keep_alive_s
+    assert _seconds(value("proxy_read_timeout")) > s.request_timeout_s  # never cuts an admitted request short
+    assert int(value("client_max_body_size").rstrip("m")) << 20 >= s.body_limit_bytes
+    assert value("proxy_ignore_client_abort") == "off"  # a client that leaves cancels its work upstream
+    assert re.search(r"^\s*server secclf-api:8000;", conf, re.M)
+    assert re.search(r"location = /metrics \{ return 404; \}", conf)
 
 
 def _seconds(value: str) -> float:
@@ -65,7 +90,7 @@ def test_no_default_secrets_and_shutdown_outlasts_the_drain():
         assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
         assert svc["shm_size"] == "2gb"  # vLLM's engine processes need more than Docker's 64 MB /dev/shm
     assert compose["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
-    assert "SECCLF_API_KEYS" not in (REPO / ".env").read_text()
+    assert re.search(r"^SECCLF_API_KEYS=$", (REPO / ".env.example").read_text(), re.M)  # empty: the user fills it
     docs = list(yaml.safe_load_all((REPO / "docker/k8s/secclf.yaml").read_text()))
     assert not [d for d in docs if d["kind"] == "Secret"]  # the user creates it; no key ships in the repo
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
@@ -99,7 +124,7 @@ def test_kubernetes_manifests_validate():
 def test_prometheus_config_scrapes_metrics():
     cfg = yaml.safe_load((REPO / "docker/prometheus.yml").read_text())
     [job] = cfg["scrape_configs"]
-    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["secclf-api:9100"]
 
 
 def _dashboard_metric_names() -> set[str]:
@@ -161,3 +186,23 @@ def test_one_constraints_file_pins_what_setup_and_the_cpu_image_install():
     assert 'pip install -c constraints.txt ".[cpu]"' in serving
     assert 'pip install -c constraints.txt ".[train]"' in models
     assert "CONSTRAINTS=(-c constraints.txt)" in (REPO / "scripts/setup.sh").read_text()
+
+
+def test_no_tracked_file_holds_a_key():
+    """Keys live in an untracked .env (from .env.example) or the orchestrator's secrets, never in git."""
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    files = tracked.split()
+    assert ".env" not in files and ".env.example" in files
+    assigned = re.compile(r"""SECCLF_API_KEYS["']?[ \t]*[=:][ \t]*["']?([A-Za-z0-9_\-+/]{8,})""")
+    secrets = re.compile(r"(sk-[A-Za-z0-9]{20,}|ghp_[A-Za-z0-9]{30,}|hf_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16})")
+    found = []
+    for name in files:
+        path = REPO / name
+        if not path.is_file() or path.suffix in {".safetensors", ".png", ".zip"}:
+            continue
+        text = path.read_text(errors="ignore")
+        found += [f"{name}: {m.group(0)[:40]}" for m in (*assigned.finditer(text), *secrets.finditer(text))]
+    assert not found, found

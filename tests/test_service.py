@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 
 import httpx
 import pytest
@@ -184,14 +185,16 @@ def test_lone_surrogate_is_422_and_the_model_stays_ready(client, route, field):
     assert client.post(route, json=ok).status_code == 200
 
 
-def test_five_megabyte_body_reaches_a_plain_client_as_413(service):
+def test_a_body_over_the_limit_reaches_a_plain_client_as_413(service):
     """urllib sends the whole body before reading: the server must read it before answering 413."""
     import urllib.error
     import urllib.request
 
+    from service.settings import Settings
+
     req = urllib.request.Request(
         service.url + "/classify/attack",
-        data=b'{"text": "' + b"a" * 5_000_000 + b'"}',
+        data=b'{"text": "' + b"a" * (Settings().body_limit_bytes + 100_000) + b'"}',
         headers={"content-type": "application/json"},
     )
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -219,9 +222,11 @@ def test_unknown_paths_do_not_grow_metric_series(client):
 
 
 def test_oversized_body_is_413_and_service_stays_ready(client):
+    from service.settings import Settings
+
     r = client.post(
         "/classify/attack",
-        content=b'{"text": "' + b"a" * 1_100_000 + b'"}',
+        content=b'{"text": "' + b"a" * (Settings().body_limit_bytes + 1) + b'"}',
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 413 and "larger than" in r.json()["detail"]
@@ -397,3 +402,66 @@ def test_nasty_strings_never_5xx(client, route, field):
         assert r.status_code in (200, 422), (s, r.status_code, r.text)
         assert r.json()  # always a JSON answer
     assert client.get("/readyz").status_code == 200
+
+
+def _metric(client, name: str, model: str) -> float:
+    m = re.search(rf'^{name}{{model="{model}"}} (\S+)$', client.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_the_largest_request_the_limits_document_is_accepted(client):
+    """64 texts of the maximum length: within every per-item limit, so within the body limit too."""
+    from service.settings import MAX_ITEMS, Settings
+
+    chars = Settings().max_text_chars
+    texts = [(f"{i} " + REPORTS[i % 3] + " ") * (chars // 80) for i in range(MAX_ITEMS)]
+    texts = [t[:chars] for t in texts]
+    r = client.post("/classify/attack", json={"texts": texts, "top_k": 1})
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()["results"]) == MAX_ITEMS and all(x["truncated"] for x in r.json()["results"])
+
+
+def test_a_client_that_disconnects_has_its_work_aborted_in_the_engine(client, service):
+    """A 64-text CVSS request is abandoned mid-flight: the engine lets go of it and the slots come back."""
+    import json
+    import socket
+
+    items_before = _metric(client, "secclf_items_total", "cvss")
+    body = json.dumps({"descriptions": [f"({i}) {CVE} {CVE2}" * 8 for i in range(64)]}).encode()
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+    sock.sendall(
+        b"POST /classify/cvss HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    for _ in range(600):  # until the engine holds the texts
+        if _metric(client, "secclf_engine_unfinished_requests", "cvss") >= 32:
+            break
+        time.sleep(0.05)
+    assert _metric(client, "secclf_engine_unfinished_requests", "cvss") >= 32
+    sock.close()
+    for _ in range(200):
+        if _metric(client, "secclf_engine_unfinished_requests", "cvss") == 0:
+            break
+        time.sleep(0.05)
+    assert _metric(client, "secclf_engine_unfinished_requests", "cvss") == 0
+    assert _metric(client, "secclf_items_total", "cvss") - items_before < 64  # aborted, not run to the end
+    assert 'secclf_errors_total{kind="client_gone",route="/classify/cvss"}' in client.get("/metrics").text
+    r = client.post("/classify/cvss", json={"descriptions": [CVE] * 64})  # every slot is free again
+    assert r.status_code == 200, r.text
+
+
+def test_no_server_path_of_a_model_artifact_or_cache_in_replies_metrics_or_logs(client, service):
+    from tests.conftest import REPO
+
+    paths = [str(REPO / "models"), str(REPO / "artifacts"), str(REPO / "models" / "cache")]
+    replies = [
+        client.get("/v1/models").text,
+        client.post("/classify/cvss", json={"description": CVE}).text,
+        client.post("/classify/attack", json={"text": REPORTS[0]}).text,
+        client.get("/metrics").text,
+        service.log_path.read_text(),
+    ]
+    for text in replies:
+        for path in paths:
+            assert path not in text, [ln for ln in text.splitlines() if path in ln][:3]

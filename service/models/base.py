@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -14,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from service.engine import on_gpu
+from service.admission import WorkBudget
 from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
 from service.metrics import (
     ABSTAINED,
+    ENGINE_UNFINISHED,
     INPUT_TOKENS,
     ITEMS,
     PREDICTED,
@@ -26,8 +26,8 @@ from service.metrics import (
     TOP1_CONFIDENCE,
     TRUNCATED,
 )
-from service.schemas import MAX_ITEMS, ModelInfo
-from service.settings import Settings
+from service.schemas import ModelInfo
+from service.settings import MAX_ITEMS, Settings
 from training.artifact.base_model import pin_revision
 from training.artifact.encoding import check_template, encode_prompt
 from training.artifact.loading import base_for, load_tokenizer
@@ -66,8 +66,9 @@ class VllmModel(ABC, Generic[R]):
         self.inflight = 0  # texts accepted and not yet answered
         # one thread per model: a fast tokenizer is not safe to share between threads
         self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokenize-{self.task}")
-        self.rate = 0.0  # texts per second at full-length inputs, measured at start-up (0: not measured)
-        self.capacity = MAX_ITEMS  # texts this machine finishes within the deadline (set by measure_capacity)
+        self.seconds_per_text = 0.0  # engine work per longest admissible text, alone (0: not measured)
+        self.capacity = MAX_ITEMS  # texts this model alone finishes within the deadline share (measured)
+        self.budget: WorkBudget | None = None  # the process's shared seconds of work in flight (app sets it)
 
     # -- subclasses ------------------------------------------------------------------------------
     @property
@@ -116,34 +117,64 @@ class VllmModel(ABC, Generic[R]):
 
     @property
     def max_inflight(self) -> int:
+        """Texts one request may bring, and the limit on texts in flight when the operator set one."""
         return self.configured_inflight or self.capacity
 
-    async def measure_capacity(self, engines: int, probe: str, n: int = 8) -> None:
-        """Time `n` full-length texts together: the rate sets the admitted capacity (what finishes within
-        `admission_share` of the deadline while `engines` engines share the machine) and Retry-After."""
+    async def measure_capacity(self, probes: list[str]) -> None:
+        """Time the longest admissible texts together, this model alone on the machine: the engine work per
+        text that admission counts (service/admission.py)."""
         t0 = time.perf_counter()
-        await self.classify_many([probe] * n)
-        alone = n / (time.perf_counter() - t0)
+        await self.classify_many(probes)
+        self.seconds_per_text = (time.perf_counter() - t0) / len(probes)
         s = self.settings
-        self.rate = alone / engines if not on_gpu() else alone  # on a CPU the engines share the cores
-        self.capacity = max(MAX_ITEMS, int(self.rate * s.request_timeout_s * s.admission_share))
+        self.capacity = max(MAX_ITEMS, int(s.request_timeout_s * s.admission_share / self.seconds_per_text))
         log.info(
-            "%s capacity: %.2f full-length texts/s -> %d texts in flight (limit %s)",
+            "%s: %.3f s of engine work per longest text; alone, %d texts fit in %.0f%% of the deadline",
             self.task,
-            self.rate,
+            self.seconds_per_text,
             self.capacity,
-            self.configured_inflight or "measured",
+            100 * s.admission_share,
         )
 
-    def retry_after_s(self) -> int:
-        """Seconds until the texts in flight are done at the measured rate (1 when not measured)."""
-        return max(1, math.ceil(self.inflight / self.rate)) if self.rate > 0 else 1
+    def _admit(self, n: int) -> float:
+        """Admit `n` texts or raise Overloaded at once; returns the work (seconds) to release afterwards."""
+        if self.configured_inflight is not None and self.inflight + n > self.configured_inflight:
+            raise Overloaded(f"{self.inflight} {self.task} texts in flight (limit {self.configured_inflight})")
+        cost = n * self.seconds_per_text
+        if self.budget is not None and cost > 0 and not self.budget.admit(cost):
+            raise Overloaded(
+                f"{self.budget.used_s:.0f} s of engine work in flight (limit {self.budget.limit_s:.0f} s)",
+                self.budget.retry_after_s(),
+            )
+        return cost if self.budget is not None else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
         self.tokenizer = load_tokenizer(self.base)
         check_template(self.tokenizer, self.manifest)
+        self.check_model_len()
         self.engine = await self.start_engine()
+        ENGINE_UNFINISHED.labels(self.task).set_function(self.unfinished_requests)
+
+    def unfinished_requests(self) -> int:
+        """What the engine holds now (running plus waiting): aborted work leaves it at once."""
+        engine = self.engine
+        return engine.get_num_unfinished_requests() if engine is not None else 0
+
+    def answer_tokens(self) -> int:
+        """Tokens the engine generates after the prompt (pooling: none)."""
+        return 0
+
+    def check_model_len(self) -> None:
+        """The engine's window must hold the longest prompt the manifest allows plus the answer."""
+        template = len(encode_prompt(self.tokenizer, self.manifest, "")[0])
+        need = template + self.manifest.max_input_tokens + self.answer_tokens() + 2  # +2: merges at the seams
+        if self.settings.max_model_len < need:
+            raise ArtifactError(
+                f"SECCLF_MAX_MODEL_LEN={self.settings.max_model_len} cannot hold a {self.task} prompt: "
+                f"template {template} + input {self.manifest.max_input_tokens} + answer {self.answer_tokens()} "
+                f"tokens need {need}"
+            )
 
     async def close(self) -> None:
         self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
@@ -241,10 +272,7 @@ class VllmModel(ABC, Generic[R]):
         n = len(texts)
         if n > self.max_inflight:  # could never be accepted: retrying would not help
             raise InvalidInput(f"{n} texts exceed this server's in-flight limit of {self.max_inflight}")
-        if self.inflight + n > self.max_inflight:  # answer at once rather than queue without bound
-            raise Overloaded(
-                f"{self.inflight} {self.task} texts in flight (limit {self.max_inflight})", self.retry_after_s()
-            )
+        cost = self._admit(n)  # answer at once rather than queue without bound
         self.inflight += n
         try:
             # Tokenizing 64 long texts takes tens of milliseconds: on the tokenizer thread, the event loop
@@ -259,4 +287,6 @@ class VllmModel(ABC, Generic[R]):
             raise failed.exceptions[0] from None  # the first failure is the request's answer
         finally:
             self.inflight -= n
+            if cost:
+                self.budget.release(cost)
         return [t.result() for t in tasks]

@@ -53,6 +53,9 @@ class CvssModel(VllmModel[CvssResult]):
         self._value_ids: list[dict[int, str]] = []
         self._params: dict[str, object] = {}  # adapter -> its SamplingParams
 
+    def answer_tokens(self) -> int:
+        return len(self.labels.metrics)  # one value token per metric
+
     @property
     def configured_inflight(self) -> int | None:
         return self.settings.max_inflight_cvss

@@ -81,9 +81,9 @@ def run_one(cfg: dict, n: int, repeats: int, data: Path) -> dict:
         regex, max_tokens = "/".join(f"{m.key}:[{''.join(m.values)}]" for m in labels.metrics), 40
     model = base
     if cfg["lora"] == "merged":
-        from training.merging import merged_model_dir
+        from training.artifact.folding import folded_model_dir
 
-        model = str(merged_model_dir(base, artifact, manifest, REPO / "models" / "cache"))
+        model = str(folded_model_dir(base, artifact, manifest, REPO / "models" / "cache"))
     llm = LLM(
         model=model,
         tokenizer=base,
@@ -177,7 +177,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"cvss-tuning-{date.today().isoformat()}"
-    from bench.run import machine
+    from bench.harness import machine
 
     header = (
         f"Machine: {machine()} ({date.today().isoformat()}); {args.n} validation CVEs "
@@ -186,6 +186,9 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     stem.with_suffix(".md").write_text(table(rows, header) + "\n")
     print(table(rows, header))
+    failed = [r["name"] for r in rows if "error" in r]
+    if failed:  # a configuration that cannot run is a broken bench, not a table row
+        sys.exit(f"{len(failed)} configuration(s) failed: {failed}")
 
 
 if __name__ == "__main__":

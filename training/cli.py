@@ -102,6 +102,31 @@ def conformal(
     typer.echo(json.dumps(m.metrics["conformal"], indent=2))
 
 
+@app.command("card")
+def card(
+    artifact: Annotated[Path, typer.Option(help="A CVSS or ATT&CK artifact folder")],
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="CVSS: its data, to record the TF-IDF + LR baseline on its split where the manifest lacks it"
+        ),
+    ] = None,
+) -> None:
+    """Write the artifact's model card (README.md) from its manifest."""
+    from training.artifact.manifest import ArtifactError, load_manifest, update_manifest
+    from training.evaluate import recorded_baseline
+
+    manifest = load_manifest(artifact)
+    if data and manifest.task == "cvss" and "tfidf_logreg" not in manifest.metrics:
+        try:
+            baseline = recorded_baseline(artifact, manifest, data)
+        except (ValueError, ArtifactError) as e:
+            raise typer.BadParameter(str(e), param_hint="--data") from e
+        manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, "tfidf_logreg": baseline}})
+    update_manifest(artifact, manifest)
+    typer.echo(f"wrote {artifact / 'README.md'}")
+
+
 @app.callback()
 def main() -> None:
     """Train and evaluate the classifiers; write versioned artifacts."""

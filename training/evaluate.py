@@ -108,6 +108,21 @@ def _validation_run_report(manifest: Manifest, split: CvssSplit, examples) -> di
     return report
 
 
+def recorded_baseline(artifact: Path, manifest: Manifest, data: list[Path]) -> dict:
+    """TF-IDF + LR trained on the CVEs the recorded figures' model trained on, scored on the CVEs those
+    figures are of: the baseline a CVSS manifest records beside its own figures."""
+    from training.data import load_cvss
+
+    split = load_split(artifact)
+    scored = set(split.scored_ids)
+    examples = load_cvss(data)
+    test = [e for e in examples if e.cve_id in scored]
+    train = [e for e in examples if e.cve_id in set(split.train_ids) and e.cve_id not in scored]
+    if len(test) != len(scored) or not train:
+        raise ValueError(f"the data holds {len(test)} of the {len(scored)} CVEs the artifact's figures are of")
+    return cvss_baseline(train, test, [m.key for m in manifest.labels.metrics])
+
+
 def _honest_cvss_calibration(metrics: dict, probs, test, manifest: Manifest, split) -> None:
     """Calibration scored only where the temperature was not fitted: the CVEs the artifact validated on
     fitted it, so on those the temperature's effect is scored cross-fitted (by halves) instead."""

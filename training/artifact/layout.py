@@ -13,6 +13,7 @@ HEAD_FILE = "head.safetensors"  # the ATT&CK classification head
 # temperature and the conformal thresholds were fitted on, kept so both can be refitted and audited.
 HELDOUT_FILE = "heldout_logits.safetensors"
 REPORT_DIR = "report"  # evaluation output: not hashed, may be regenerated
+CARD_FILE = "README.md"  # the model card, written from the manifest: not hashed, may be regenerated
 FOLD_STAMP = "secclf-folded.json"  # in a folded checkpoint: the inputs it was built from
 # Never loaded: formats that can run code when unpickled
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}

@@ -20,7 +20,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.artifact.layout import MANIFEST_FILE, PICKLE_SUFFIXES, REPORT_DIR, SPLIT_FILE, readable_by_all
+from training.artifact.layout import (
+    CARD_FILE,
+    MANIFEST_FILE,
+    PICKLE_SUFFIXES,
+    REPORT_DIR,
+    SPLIT_FILE,
+    readable_by_all,
+)
 
 SCHEMA_VERSION = 1
 # Formats that can execute code on load; an artifact holding any of them is refused.
@@ -298,7 +305,7 @@ def _hashed_files(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if not p.is_file() or rel.as_posix() == MANIFEST_FILE or rel.parts[0] == REPORT_DIR:
+        if not p.is_file() or rel.as_posix() in (MANIFEST_FILE, CARD_FILE) or rel.parts[0] == REPORT_DIR:
             continue
         out[rel.as_posix()] = sha256_file(p)
     return out
@@ -318,6 +325,9 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
             fh.write(final.model_dump_json(indent=2))
             fh.flush()
             os.fsync(fh.fileno())
+        from training.artifact.card import card_text  # imports this module: deferred
+
+        (staging / CARD_FILE).write_text(card_text(final))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -329,6 +339,29 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
+def update_manifest(artifact: Path, manifest: Manifest) -> Manifest:
+    """Rewrite an artifact's manifest (its files unchanged: only figures it records may differ) and card,
+    each atomically."""
+    from training.artifact.card import card_text  # imports this module: deferred
+
+    current = load_manifest(artifact)
+    if manifest.files != current.files or manifest.version != current.version:
+        raise ArtifactError(f"{artifact}: update_manifest changes recorded figures only, not files or version")
+    _replace_text(Path(artifact) / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+    _replace_text(Path(artifact) / CARD_FILE, card_text(manifest))
+    return manifest
 
 
 def load_manifest(artifact: Path, verify: bool = True) -> Manifest:

@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from service import logging_setup
+from service import logging_setup, reaper
 from service.app import create_app
 from service.exceptions import EXIT_STARTUP_FAILED
 from service.http_protocol import protocol_for
@@ -34,6 +34,7 @@ def main() -> None:
         limit_concurrency=s.http_limit_concurrency,
     )
     server = uvicorn.Server(config)
+    reaper.start()  # the engine processes die with this one, even by SIGKILL
     app.state.server = server  # the watchdog asks it to stop (draining) when a model stays dead
     server.run()
     sys.exit(app.state.exit_code if server.started else EXIT_STARTUP_FAILED)

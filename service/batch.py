@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from service import routes
+from service import reaper, routes
 from service.errors import service_error_payload, validation_payload
 from service.exceptions import Overloaded, ServiceError, quoted
 from service.logging_setup import REQUEST_ID
@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         progress = not args.no_progress and os.environ.get("SECCLF_NO_PROGRESS") != "1"
+        reaper.start()  # a kill -9 of this process (then a resume) leaves no engine process behind
         timing = asyncio.run(run(todo, args.output, settings, progress))
     summary = summarize(args.output)
     if todo:

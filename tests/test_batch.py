@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from service.batch import line_id
@@ -67,8 +68,12 @@ def test_killed_and_resumed_batch_answers_every_id_once_as_the_service_does(tmp_
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the batch ended before it could be killed half way"
+    engines = psutil.Process(proc.pid).children(recursive=True)
+    assert any("VLLM" in " ".join(p.cmdline()) or p.name().startswith("VLLM") for p in engines), engines
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(engines, timeout=30)  # the reaper takes the engine processes down too
+    assert not alive, f"engine processes outlived the killed batch: {alive}"
     killed_at = out.read_bytes().count(b"\n")
     assert 0 < killed_at < len(reqs)
     with out.open("ab") as f:  # what a kill inside a write would leave: a cut-off last line

@@ -33,7 +33,7 @@ def attack_offline_torch(texts: list[str], artifact: Path, repeats: int) -> dict
 
     from training.artifact.loading import base_for, load_attack_classifier, load_tokenizer
     from training.artifact.manifest import load_manifest
-    from training.predict import attack_logits
+    from training.attack.predict import attack_logits
 
     manifest = load_manifest(artifact)
     base = base_for(manifest)

@@ -14,7 +14,7 @@ def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
     """The first `n` validation CVEs (examples: description + true vector) and CTI-HAL texts: of held-out
     groups where the artifact has any, else of every group (the ATT&CK side times speed, not accuracy)."""
     from training.artifact.manifest import load_split
-    from training.catalogue import catalogue
+    from training.attack.catalogue import catalogue
     from training.data import load_cti_hal, load_cvss
 
     val = set(load_split(CVSS_ART).scored_ids)  # the default, a refit, trained on them: speed, not accuracy

@@ -84,11 +84,11 @@ def train(data: Path, steps: int | None, out: Path) -> dict:
     from training.artifact.loading import base_for, load_tokenizer
     from training.artifact.manifest import load_manifest
     from training.artifact.prompting import truncate
-    from training.artifacts import save_adapter_16bit
-    from training.cvss import fresh_model
+    from training.artifact_writer import save_adapter_16bit
+    from training.cvss.train import fresh_model
     from training.data import load_cvss
-    from training.trainer import TrainConfig
-    from training.trainer import train as run_trainer
+    from training.fitting.trainer import TrainConfig
+    from training.fitting.trainer import train as run_trainer
 
     manifest = load_manifest(CVSS_ART)
     hp = manifest.hyperparameters

@@ -38,7 +38,7 @@ class Config:
     cache: bool = True  # False: every step runs all layers from the token embeddings (the path before the cache)
     lora_dropout: float | None = None  # None: the recipe's
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
-    peft_lora: bool = False  # True: PEFT's own LoRA forward, not the rank-scaled one (training/lora_forward.py)
+    peft_lora: bool = False  # True: PEFT's own LoRA forward, not the rank-scaled one (training/fitting/lora_forward.py)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -77,10 +77,10 @@ def _child(spec: dict, data: Path, n: int, steps: int) -> dict:
 
     from training.artifact.loading import base_for, load_tokenizer
     from training.artifact.manifest import load_manifest, load_split
-    from training.cvss import cached_rows, fresh_model, train_adapter
+    from training.cvss.train import cached_rows, fresh_model, train_adapter
     from training.data import load_cvss
-    from training.lora_forward import use_rank_scaled_lora
-    from training.trainer import TrainConfig
+    from training.fitting.lora_forward import use_rank_scaled_lora
+    from training.fitting.trainer import TrainConfig
 
     manifest = load_manifest(CVSS_ART)
     cfg = replace(TrainConfig.from_hyperparameters(manifest.hyperparameters), max_steps=steps, threads=spec["threads"])

@@ -8,11 +8,11 @@ import pytest
 from scipy.special import softmax
 
 from tests.conftest import run_module
-from training.attack_cv import excerpt_ids, honest_attack_metrics, per_group_metrics, summarize
-from training.calibrate import fit_temperature, nll
+from training.attack.cross_validation import excerpt_ids, honest_attack_metrics, per_group_metrics, summarize
 from training.data import AttackExample
-from training.metrics import attack_metrics, shared_excerpt_metrics
-from training.split import SplitError, group_k_folds
+from training.evaluation.calibrate import fit_temperature, nll
+from training.evaluation.metrics import attack_metrics, shared_excerpt_metrics
+from training.evaluation.split import SplitError, group_k_folds
 
 
 def _ex(group: str, n: int) -> list[AttackExample]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from training.calibrate import ece, ece_floor, fit_temperature, nll
-from training.catalogue import catalogue, clean_prose
-from training.procedures import procedure_examples
+from training.attack.catalogue import catalogue, clean_prose
+from training.attack.procedures import procedure_examples
+from training.evaluation.calibrate import ece, ece_floor, fit_temperature, nll
 
 
 def test_label_set_is_current_top_level():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.artifact.encoding import sharpen
-from training.calibrate import cross_fitted_cvss_ece, cvss_ece, fit_cvss_temperature
+from training.evaluation.calibrate import cross_fitted_cvss_ece, cvss_ece, fit_cvss_temperature
 
 
 def test_sharpen_is_temperature_scaled_softmax_and_invertible():

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import DEFAULT_CVSS
 from training.artifact.manifest import Manifest, load_manifest
-from training.cvss_refit import refit_plan
-from training.trainer import TrainConfig
+from training.cvss.refit import refit_plan
+from training.fitting.trainer import TrainConfig
 
 
 def test_refit_plan_reads_the_recipe_and_the_chosen_candidate():
@@ -39,8 +39,8 @@ def test_refit_trains_every_cve_and_stops_at_the_chosen_epoch_of_the_same_schedu
     from training import heldout
     from training.artifact.layout import HELDOUT_FILE
     from training.artifact.manifest import CvssSplit, load_split, write_artifact, write_split
-    from training.cvss import cvss_data_hash
-    from training.cvss_refit import refit_cvss
+    from training.cvss.refit import refit_cvss
+    from training.cvss.train import cvss_data_hash
     from training.data import load_cvss
 
     data = tmp_path / "slice.tsv"

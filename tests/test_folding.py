@@ -70,7 +70,7 @@ def test_folded_classifier_is_base_lora_and_head_over_temperature(tmp_path, base
     from transformers import AutoModelForSequenceClassification
 
     from training.artifact.loading import load_attack_classifier, load_tokenizer
-    from training.predict import attack_logits
+    from training.attack.predict import attack_logits
 
     manifest = load_manifest(DEFAULT_ATTACK)
     assert abs(manifest.temperature - 1.0) > 0.05, "a temperature of 1 would not test the fold"

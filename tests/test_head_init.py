@@ -8,8 +8,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from training.data import AttackExample
-from training.head_init import (
+from training.attack.head_init import (
     PROBE_L2,
     SCALES,
     choose_probe_l2,
@@ -19,7 +18,8 @@ from training.head_init import (
     reimprint_head,
     reimprint_logits,
 )
-from training.split import SplitError
+from training.data import AttackExample
+from training.evaluation.split import SplitError
 
 
 def test_imprinted_rows_point_at_their_label_means_and_unseen_labels_keep_theirs():
@@ -112,8 +112,8 @@ def _tiny_classifier(base_model):
     from peft import get_peft_model
 
     from training.artifact.loading import load_tokenizer, new_sequence_classifier
-    from training.layer_cache import frozen_layer_count, frozen_prefix_states
-    from training.trainer import TrainConfig, lora_config
+    from training.fitting.layer_cache import frozen_layer_count, frozen_prefix_states
+    from training.fitting.trainer import TrainConfig, lora_config
 
     tok = load_tokenizer(str(base_model))
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def _tiny_classifier(base_model):
 def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
     """The candidate logits at each blend weight are the plain head's at 0, and the head `reimprint_head`
     ships at a weight gives exactly the logits that weight was scored with."""
-    from training.trainer import attack_logits_from_states, score_head
+    from training.fitting.trainer import attack_logits_from_states, score_head
 
     model, n_frozen, train_states, test_states = _tiny_classifier(base_model)
     rows = [{"states": s, "labels": y} for s, (_, y) in zip(train_states, TRAIN, strict=True)]
@@ -148,8 +148,8 @@ def test_reimprinted_head_serves_the_logits_the_folds_scored(base_model):
 def test_probe_start_fits_the_training_rows_through_the_model(base_model):
     """`--head-init probe` sets the head to the probe of the model's own final states of its training rows:
     it ranks each row's label first, where the seeded random head (what "random" keeps) does not."""
-    from training.attack import start_head
-    from training.trainer import attack_logits_from_states, score_head
+    from training.attack.train import start_head
+    from training.fitting.trainer import attack_logits_from_states, score_head
 
     model, n_frozen, states, _ = _tiny_classifier(base_model)
     rows = [{"states": s, "labels": y} for s, (_, y) in zip(states, TRAIN, strict=True)]

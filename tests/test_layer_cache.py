@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.layer_cache import frozen_layer_count, frozen_prefix_states, pad_states, top_hidden
-from training.trainer import TrainConfig, lora_config, score_head
+from training.fitting.layer_cache import frozen_layer_count, frozen_prefix_states, pad_states, top_hidden
+from training.fitting.trainer import TrainConfig, lora_config, score_head
 
 TEXTS = [
     "SQL injection in the login form allows remote attackers to run arbitrary SQL commands.",

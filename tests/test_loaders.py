@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.catalogue import catalogue
+from training.attack.catalogue import catalogue
 from training.data import DataError, load_cti_hal, load_cti_vsp, load_cvss, load_nvd
 
 HEADER = "URL\tDescription\tPrompt\tGT\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.lora_forward import use_rank_scaled_lora
-from training.trainer import TrainConfig, lora_config
+from training.fitting.lora_forward import use_rank_scaled_lora
+from training.fitting.trainer import TrainConfig, lora_config
 
 TARGETS = TrainConfig().target_modules  # every linear layer of a decoder block
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from training.losses import allowed_value_cross_entropy, allowed_value_logits
+from training.fitting.losses import allowed_value_cross_entropy, allowed_value_logits
 
 
 def test_allowed_value_loss_equals_hand_computed_renormalised_cross_entropy():

@@ -16,7 +16,7 @@ from training.artifact.manifest import (
     load_manifest,
     write_artifact,
 )
-from training.cvss import cvss_labels
+from training.cvss.train import cvss_labels
 
 
 def _manifest() -> Manifest:
@@ -88,6 +88,7 @@ def test_written_files_are_readable_by_other_users(tmp_path):
         "adapter_model.safetensors": 0o644,
         "adapter_config.json": 0o644,
         "manifest.json": 0o644,
+        "README.md": 0o644,  # the model card
     }
     assert out.stat().st_mode & 0o777 == 0o755
 

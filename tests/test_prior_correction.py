@@ -11,8 +11,8 @@ import torch
 from tests.test_manifest import _manifest
 from training.artifact.manifest import PriorCorrection
 from training.artifact.prompting import CVSS_TEMPLATE
-from training.cvss import cvss_labels
-from training.prior_correction import fit_prior_correction
+from training.cvss.prior_correction import fit_prior_correction
+from training.cvss.train import cvss_labels
 
 N_H = {"AV": "N", "AC": "L", "PR": "N", "UI": "N", "S": "U", "C": "H", "I": "H", "A": "H"}
 
@@ -49,7 +49,7 @@ def test_decoder_first_step_is_the_shifted_softmax(base_model):
     from transformers import AutoModelForCausalLM
 
     from training.artifact.loading import load_tokenizer
-    from training.predict import predict_cvss
+    from training.cvss.predict import predict_cvss
 
     tok = load_tokenizer(str(base_model))
     model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32).eval()

@@ -8,11 +8,11 @@ from collections import Counter
 
 import numpy as np
 
-from training.attack import RATIONALE_GROUP, extra_rows, rationale_rows
-from training.baseline import attack_baseline_oof
-from training.catalogue import catalogue
+from training.attack.catalogue import catalogue
+from training.attack.procedures import PROCEDURE_GROUP, procedure_examples
+from training.attack.train import RATIONALE_GROUP, extra_rows, rationale_rows
 from training.data import AttackExample, load_cti_hal
-from training.procedures import PROCEDURE_GROUP, procedure_examples
+from training.evaluation.baseline import attack_baseline_oof
 
 GROUPS = ["apt29", "carbanak", "fin6", "fin7", "sandworm", "wizardspider"]
 

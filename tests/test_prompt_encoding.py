@@ -14,7 +14,7 @@ def test_cvss_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_mod
     from service.models.cvss import CvssModel
     from service.settings import Settings
     from training.artifact.loading import load_tokenizer
-    from training.cvss import _rows
+    from training.cvss.train import _rows
 
     tok = load_tokenizer(str(base_model))
     tok.add_bos_token = True
@@ -41,7 +41,7 @@ def test_attack_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_m
     from service.settings import Settings
     from tests.conftest import DEFAULT_ATTACK
     from training.artifact.loading import load_tokenizer
-    from training.predict import encode_attack
+    from training.attack.predict import encode_attack
 
     tok = load_tokenizer(str(base_model))
     tok.add_bos_token = True
@@ -58,7 +58,7 @@ def test_word_answers_are_one_token_each_and_end_the_training_rows(base_model):
     """Training appends one token per metric; with word answers that token spells the value's word."""
     from training.artifact.encoding import cvss_value_token_ids
     from training.artifact.loading import load_tokenizer
-    from training.cvss import _rows, cvss_labels
+    from training.cvss.train import _rows, cvss_labels
 
     tok = load_tokenizer(str(base_model))
     labels = cvss_labels("word")
@@ -81,8 +81,8 @@ def test_control_tokens_inside_user_text_are_plain_text_in_serving_and_training(
     from service.settings import Settings
     from tests.conftest import DEFAULT_ATTACK
     from training.artifact.loading import load_tokenizer
-    from training.cvss import _rows
-    from training.predict import encode_attack
+    from training.attack.predict import encode_attack
+    from training.cvss.train import _rows
 
     tok = load_tokenizer(str(base_model))
     specials = {tok.convert_tokens_to_ids(t): t for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}

@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import torch
 
-from training.artifacts import save_adapter_16bit
-from training.attack import fresh_model as fresh_attack_model
-from training.cvss import fresh_model as fresh_cvss_model
-from training.trainer import TrainConfig
+from training.artifact_writer import save_adapter_16bit
+from training.attack.train import fresh_model as fresh_attack_model
+from training.cvss.train import fresh_model as fresh_cvss_model
+from training.fitting.trainer import TrainConfig
 
 CFG = TrainConfig(lora_layers=2, seed=5)
 

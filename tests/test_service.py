@@ -298,7 +298,7 @@ def _transformers_cvss(examples) -> list[dict]:
 
     from training.artifact.loading import base_for, load_causal_lm_with_adapter, load_tokenizer
     from training.artifact.manifest import load_manifest
-    from training.cvss import evaluate_cvss_model
+    from training.cvss.train import evaluate_cvss_model
 
     manifest = load_manifest(DEFAULT_CVSS)
     base = base_for(manifest)
@@ -346,8 +346,8 @@ def test_no_drift_attack(client, cti_hal):
 
     from training.artifact.loading import base_for, load_attack_classifier, load_tokenizer
     from training.artifact.manifest import load_manifest
-    from training.attack import evaluate_attack_model
-    from training.catalogue import catalogue
+    from training.attack.catalogue import catalogue
+    from training.attack.train import evaluate_attack_model
     from training.data import load_cti_hal
 
     manifest = load_manifest(DEFAULT_ATTACK)

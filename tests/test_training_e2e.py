@@ -12,9 +12,9 @@ import pytest
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
 from training import heldout
 from training.artifact.manifest import load_manifest
-from training.attack_cv import pick_candidate
+from training.attack.cross_validation import pick_candidate
 from training.data import load_cvss
-from training.split import split_cvss
+from training.evaluation.split import split_cvss
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def _refit_on_every_cve(tmp_path, data, validated, pc, split) -> None:
     assert "validation run" in report["source"] and report["model"]["n"] == 8
     assert report["model"]["base_score_mae"] == pc.metrics["base_score_mae"]
     # TF-IDF + LR trained on the validation run's 24 training CVEs (not the 8 it is scored on), as that run's was
-    from training.baseline import cvss_baseline
+    from training.evaluation.baseline import cvss_baseline
 
     by_id = {e.cve_id: e for e in load_cvss([data])}
     keys = [mt.key for mt in m.labels.metrics]

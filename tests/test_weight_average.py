@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training.attack_cv import pick_candidate
-from training.trainer import EpochEnd
-from training.weight_average import TailAverages
+from training.attack.cross_validation import pick_candidate
+from training.fitting.trainer import EpochEnd
+from training.fitting.weight_average import TailAverages
 
 STEPS_PER_EPOCH = 4
 

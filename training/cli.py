@@ -51,7 +51,7 @@ def calibrate_cvss(
     """Fit a CVSS artifact's temperature and prediction sets on its validation CVEs (training does this
     itself now), after setting its prior correction if asked."""
     from training.artifact.manifest import ArtifactError
-    from training.cvss import calibrate_cvss as run
+    from training.cvss.train import calibrate_cvss as run
 
     _setup_logging()
     if prior_correction is not None and prior_correction < 0:
@@ -73,8 +73,8 @@ def refit_cvss(
     """Train a validated CVSS recipe again on every CVE, its training and validation CVEs together, for the
     epoch count it chose, carrying its temperature, prior correction and sets; its metrics stay the run's."""
     from training.artifact.manifest import ArtifactError
-    from training.cvss_refit import RefitError
-    from training.cvss_refit import refit_cvss as run
+    from training.cvss.refit import RefitError
+    from training.cvss.refit import refit_cvss as run
     from training.data import DataError
 
     _setup_logging()
@@ -114,7 +114,7 @@ def card(
 ) -> None:
     """Write the artifact's model card (README.md) from its manifest."""
     from training.artifact.manifest import ArtifactError, load_manifest, update_manifest
-    from training.evaluate import recorded_baseline
+    from training.cvss.evaluate import recorded_baseline
 
     manifest = load_manifest(artifact)
     if data and manifest.task == "cvss" and "tfidf_logreg" not in manifest.metrics:
@@ -139,7 +139,7 @@ def _setup_logging() -> None:
 
 
 def _config(**kw):
-    from training.trainer import TrainConfig
+    from training.fitting.trainer import TrainConfig
 
     return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
 
@@ -183,7 +183,7 @@ def cvss(
     ] = None,
 ) -> None:
     """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""
-    from training.cvss import ANSWER_FORMATS, train_cvss
+    from training.cvss.train import ANSWER_FORMATS, train_cvss
     from training.data import DataError
 
     _setup_logging()
@@ -275,10 +275,10 @@ def attack(
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
-    from training.attack import train_attack
+    from training.attack.head_init import HEAD_INITS
+    from training.attack.train import train_attack
     from training.data import DataError
-    from training.head_init import HEAD_INITS
-    from training.split import SplitError
+    from training.evaluation.split import SplitError
 
     if head_init not in HEAD_INITS:
         raise typer.BadParameter(f"must be one of {HEAD_INITS}", param_hint="--head-init")
@@ -333,8 +333,12 @@ def evaluate(
     import json
 
     from training.artifact.manifest import ArtifactError, load_manifest
+    from training.attack.evaluate import REPORT_KEYS as ATTACK_KEYS
+    from training.attack.evaluate import evaluate_attack
+    from training.cvss.evaluate import REPORT_KEYS as CVSS_KEYS
+    from training.cvss.evaluate import evaluate_cvss
     from training.data import DataError
-    from training.evaluate import evaluate_attack, evaluate_cvss, format_report
+    from training.evaluation.report import format_report
 
     _setup_logging()
     if task not in ("cvss", "attack"):
@@ -356,4 +360,5 @@ def evaluate(
             if task == "cvss"
             else "recorded in training: out-of-fold, each group calibrated on the others"
         )
-    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    keys = CVSS_KEYS if task == "cvss" else ATTACK_KEYS
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report, keys))

@@ -51,7 +51,7 @@ def refit_conformal(artifact: Path, data: list[Path], out: Path | None = None) -
 
 
 def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
-    from training.cvss import _conformal, _values, evaluate_cvss_model
+    from training.cvss.train import _conformal, _values, evaluate_cvss_model
     from training.data import load_cvss
 
     if not isinstance(split, CvssSplit):
@@ -88,10 +88,10 @@ def _cvss(artifact: Path, manifest: Manifest, split, held, data: list[Path]):
 
 
 def _attack(manifest: Manifest, split, held, data: list[Path]):
-    from training.attack import attack_examples
-    from training.attack_cv import cross_group_metrics, excerpt_ids
-    from training.baseline import attack_baseline_oof
-    from training.conformal import attack_conformal
+    from training.attack.cross_validation import cross_group_metrics, excerpt_ids
+    from training.attack.train import attack_examples
+    from training.evaluation.baseline import attack_baseline_oof
+    from training.evaluation.conformal import attack_conformal
 
     if held is None:
         raise ArtifactError(

@@ -3,7 +3,7 @@
 The grammar fixes which metric each decode step answers, so the shift of step n is a fixed table over
 that metric's value tokens. It is added before vLLM's greedy choice, so the returned value, the later
 steps' conditioning and the processed logprobs the service reads are all of the corrected logits, as in
-`training.predict.predict_cvss`. Requests carry their table in `SamplingParams.extra_args` (each adapter
+`training.cvss.predict.predict_cvss`. Requests carry their table in `SamplingParams.extra_args` (each adapter
 has its own); requests without one are untouched. Loaded by vLLM's engine process by its name, so it
 imports nothing of the service."""
 

@@ -328,6 +328,7 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
         from training.artifact.card import card_text  # imports this module: deferred
 
         (staging / CARD_FILE).write_text(card_text(final))
+        (staging / CARD_FILE).chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
-from training.trainer import load_trainable, trainable_copy
+from training.fitting.trainer import load_trainable, trainable_copy
 
 
 class TailAverages(TrainerCallback):

@@ -24,12 +24,12 @@ from training.artifact.manifest import (
     write_artifact,
     write_split,
 )
-from training.artifacts import new_version, save_adapter_16bit
-from training.cvss import cached_rows, cvss_data_hash, fresh_model, train_adapter
+from training.artifact_writer import new_version, save_adapter_16bit
+from training.cvss.prior_correction import fit_prior_correction
+from training.cvss.train import cached_rows, cvss_data_hash, fresh_model, train_adapter
 from training.data import CvssExample, load_cvss
-from training.prior_correction import fit_prior_correction
-from training.trainer import EpochEnd, TrainConfig, is_main_process
-from training.weight_average import TailAverages
+from training.fitting.trainer import EpochEnd, TrainConfig, is_main_process
+from training.fitting.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from training.calibrate import ece, reliability_bins  # noqa: E402
+from training.evaluation.calibrate import ece, reliability_bins  # noqa: E402
 
 
 def reliability_diagram(path: Path, title: str, series: dict[str, tuple[Sequence[float], Sequence[bool]]]) -> Path:

@@ -37,8 +37,9 @@ from training.artifact.manifest import (
     write_split,
 )
 from training.artifact.prompting import ATTACK_TEMPLATE
-from training.artifacts import data_hash, draft_manifest, save_adapter_16bit
-from training.attack_cv import (
+from training.artifact_writer import data_hash, draft_manifest, save_adapter_16bit
+from training.attack.catalogue import CATALOGUE_NAME, catalogue
+from training.attack.cross_validation import (
     cross_group_metrics,
     excerpt_ids,
     per_group_metrics,
@@ -46,16 +47,15 @@ from training.attack_cv import (
     pooled_temperature,
     summarize,
 )
-from training.baseline import attack_baseline_oof
-from training.catalogue import CATALOGUE_NAME, catalogue
-from training.conformal import attack_conformal
+from training.attack.head_init import HEAD_INITS, imprint_head, probe_head, reimprint_head, reimprint_logits
+from training.attack.predict import attack_logits
+from training.attack.procedures import PROCEDURE_GROUP, procedure_examples
 from training.data import AttackExample, load_cti_hal
-from training.head_init import HEAD_INITS, imprint_head, probe_head, reimprint_head, reimprint_logits
-from training.layer_cache import frozen_layer_count, frozen_prefix_states
-from training.predict import attack_logits
-from training.procedures import PROCEDURE_GROUP, procedure_examples
-from training.split import SplitError, group_k_folds, split_attack
-from training.trainer import (
+from training.evaluation.baseline import attack_baseline_oof
+from training.evaluation.conformal import attack_conformal
+from training.evaluation.split import SplitError, group_k_folds, split_attack
+from training.fitting.layer_cache import frozen_layer_count, frozen_prefix_states
+from training.fitting.trainer import (
     AttackTrainer,
     EpochEnd,
     TrainConfig,
@@ -64,7 +64,7 @@ from training.trainer import (
     train,
     with_lora,
 )
-from training.weight_average import TailAverages
+from training.fitting.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
 DEFAULT_FOLDS = 0  # leave-one-group-out: each fold trains on all groups but one, as the shipped model meets a new one

@@ -29,19 +29,19 @@ from training.artifact.manifest import (
     write_split,
 )
 from training.artifact.prompting import CVSS_TEMPLATE
-from training.artifacts import data_hash, draft_manifest, new_version, save_adapter_16bit
-from training.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
-from training.conformal import cvss_conformal
+from training.artifact_writer import data_hash, draft_manifest, new_version, save_adapter_16bit
+from training.cvss.predict import predict_cvss
+from training.cvss.prior_correction import fit_prior_correction
 from training.data import CvssExample, load_cvss
 from training.data.common import BASE_METRICS
-from training.heldout import cvss_heldout
-from training.layer_cache import frozen_layer_count, frozen_prefix_states
-from training.metrics import cvss_metrics
-from training.predict import predict_cvss
-from training.prior_correction import fit_prior_correction
-from training.split import calibration_halves, split_cvss
-from training.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, train, with_lora
-from training.weight_average import TailAverages
+from training.evaluation.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
+from training.evaluation.conformal import cvss_conformal
+from training.evaluation.heldout import cvss_heldout
+from training.evaluation.metrics import cvss_metrics
+from training.evaluation.split import calibration_halves, split_cvss
+from training.fitting.layer_cache import frozen_layer_count, frozen_prefix_states
+from training.fitting.trainer import CvssTrainer, EpochEnd, TrainConfig, is_main_process, train, with_lora
+from training.fitting.weight_average import TailAverages
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _values(manifest: Manifest) -> dict[str, list[str]]:
 
 def _conformal(held, labels: CvssLabels, temperature: float, train_ex, val_ex):
     """Per-metric prediction-set thresholds on the validation CVEs, with TF-IDF + LR's sets beside them."""
-    from training.baseline import cvss_baseline_probs
+    from training.evaluation.baseline import cvss_baseline_probs
 
     baseline = cvss_baseline_probs(train_ex, val_ex, {m.key: list(m.values) for m in labels.metrics})
     return cvss_conformal(held, labels, temperature, calibration_halves(held.ids), baseline)

@@ -15,7 +15,7 @@ import random
 import re
 from collections import defaultdict
 
-from training.catalogue import CATALOGUE_NAME, Catalogue, clean_prose
+from training.attack.catalogue import CATALOGUE_NAME, Catalogue, clean_prose
 from training.data import AttackExample
 
 PROCEDURE_GROUP = "procedure"

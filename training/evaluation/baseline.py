@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from training.data import AttackExample, CvssExample
-from training.metrics import attack_metrics, cvss_metrics, shared_excerpt_metrics
+from training.evaluation.metrics import attack_metrics, cvss_metrics, shared_excerpt_metrics
 
 
 def _pipeline():

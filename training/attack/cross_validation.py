@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.calibrate import fit_temperature
 from training.data import AttackExample
-from training.metrics import attack_metrics, shared_excerpt_metrics
+from training.evaluation.calibrate import fit_temperature
+from training.evaluation.metrics import attack_metrics, shared_excerpt_metrics
 
 # The headline numbers averaged over held-out groups (each group weighs the same, whatever its size).
 SUMMARY_KEYS = (
@@ -112,7 +112,7 @@ def honest_attack_metrics(
     """`evaluate`'s ATT&CK metrics: calibration is scored only on rows whose group did not fit the
     temperature. Rows that did are scored uncalibrated, plus a cross-fit by report (each report
     scaled by a temperature refitted on the other reports)."""
-    from training.calibrate import cross_fitted_temperature_ece
+    from training.evaluation.calibrate import cross_fitted_temperature_ece
 
     fitted = np.isin(np.asarray(groups), list(temperature_fit_groups))
     out = attack_metrics(logits, targets, temperature)

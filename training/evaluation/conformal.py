@@ -27,9 +27,9 @@ from training.artifact.conformal import (
 )
 from training.artifact.manifest import Conformal, ConformalLevel, CvssLabels
 from training.artifact.scoring import score_vector
-from training.calibrate import fit_temperature
-from training.heldout import AttackHeldout, CvssHeldout
-from training.metrics import precision_coverage
+from training.evaluation.calibrate import fit_temperature
+from training.evaluation.heldout import AttackHeldout, CvssHeldout
+from training.evaluation.metrics import precision_coverage
 
 ALPHAS = (0.1, 0.2)  # offered coverages 0.9 and 0.8
 # RAPS penalties tried (APS first), chosen per alpha and field by the smallest mean set size on held-out
@@ -191,7 +191,7 @@ def cvss_temperature(logprobs: dict[str, np.ndarray], targets: dict[str, np.ndar
     """One T for every metric's softmax, minimising the mean per-metric NLL over `rows`."""
     from scipy.optimize import minimize_scalar
 
-    from training.calibrate import nll
+    from training.evaluation.calibrate import nll
 
     def loss(log_t: float) -> float:
         return float(np.mean([nll(lp[rows], targets[k][rows], float(np.exp(log_t))) for k, lp in logprobs.items()]))

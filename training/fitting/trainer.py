@@ -1,6 +1,6 @@
 """Hugging Face Trainer set-up shared by both tasks (so `accelerate launch`/`torchrun` scale it out).
 
-Both tasks train on cached inputs to the lowest adapted layer (`training/layer_cache.py`): the
+Both tasks train on cached inputs to the lowest adapted layer (`training/fitting/layer_cache.py`): the
 frozen layers below run once per example instead of once per example per epoch. Batches are
 length-grouped and left-padded, so every row's last position is its prediction point.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from training.layer_cache import pad_states, top_hidden
-from training.lora_forward import use_rank_scaled_lora
-from training.losses import allowed_value_cross_entropy, allowed_value_logits
+from training.fitting.layer_cache import pad_states, top_hidden
+from training.fitting.lora_forward import use_rank_scaled_lora
+from training.fitting.losses import allowed_value_cross_entropy, allowed_value_logits
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TrainConfig:
     loss: str = "allowed"  # CVSS: "allowed" (softmax over the allowed values) or "vocab" (full vocabulary)
     label_smoothing: float = 0.0  # ATT&CK head loss
     select_best_epoch: bool = True  # keep the epoch that scores best on validation (when there is one)
-    # candidate start epochs of a tail average of the weights (`training/weight_average.py`), chosen with the
+    # candidate start epochs of a tail average of the weights (`training/fitting/weight_average.py`), chosen with the
     # epoch count on validation (ATT&CK: the out-of-fold logits); (): the live weights only
     average_from: tuple[int, ...] = ()
 
@@ -240,7 +240,7 @@ def lora_config(cfg: TrainConfig, task_type: str | None, num_layers: int):
 
 def with_lora(model, cfg: TrainConfig, task_type: str | None):
     """`model` wrapped with the LoRA adapters `cfg` describes, drawn from torch's current random state, each
-    running the rank-scaled forward where it is exact (`training/lora_forward.py`)."""
+    running the rank-scaled forward where it is exact (`training/fitting/lora_forward.py`)."""
     from peft import get_peft_model
 
     model = get_peft_model(model, lora_config(cfg, task_type, model.config.num_hidden_layers))

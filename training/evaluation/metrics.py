@@ -9,7 +9,7 @@ import numpy as np
 from scipy.special import softmax
 
 from training.artifact.scoring import score_vector
-from training.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, ece_floor, nll
+from training.evaluation.calibrate import cross_fitted_temperature_ece, cvss_ece, ece, ece_floor, nll
 
 
 def cvss_metrics(

@@ -17,8 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from training.split import SplitError
-from training.trainer import last_token_states, score_head
+from training.evaluation.split import SplitError
+from training.fitting.trainer import last_token_states, score_head
 
 log = logging.getLogger(__name__)
 SCALES = np.geomspace(1e-3, 10.0, 41)  # candidate norms of a head row

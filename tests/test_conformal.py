@@ -11,7 +11,6 @@ from cvss import CVSS3
 from scipy.special import log_softmax, softmax
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
-from training import heldout
 from training.artifact.conformal import (
     VectorSet,
     covered,
@@ -26,6 +25,7 @@ from training.artifact.conformal import (
     vector_nll,
 )
 from training.artifact.manifest import ConformalParams, load_manifest
+from training.evaluation import heldout
 from training.evaluation.split import calibration_halves
 
 

@@ -36,12 +36,12 @@ def test_refit_trains_every_cve_and_stops_at_the_chosen_epoch_of_the_same_schedu
     kept scores, not its adapter, so no run needs training first."""
     import shutil
 
-    from training import heldout
     from training.artifact.layout import HELDOUT_FILE
     from training.artifact.manifest import CvssSplit, load_split, write_artifact, write_split
     from training.cvss.refit import refit_cvss
     from training.cvss.train import cvss_data_hash
     from training.data import load_cvss
+    from training.evaluation import heldout
 
     data = tmp_path / "slice.tsv"
     data.write_text("".join(cti_vsp.read_text().splitlines(keepends=True)[:17]))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS, run_module
-from training import heldout
 from training.artifact.manifest import load_manifest
 from training.attack.cross_validation import pick_candidate
 from training.data import load_cvss
+from training.evaluation import heldout
 from training.evaluation.split import split_cvss
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from training import heldout
 from training.artifact.layout import HELDOUT_FILE, REPORT_DIR
 from training.artifact.manifest import (
     ArtifactError,
@@ -23,6 +22,7 @@ from training.artifact.manifest import (
     load_split,
     write_artifact,
 )
+from training.evaluation import heldout
 
 
 def refit_conformal(artifact: Path, data: list[Path], out: Path | None = None) -> Manifest:

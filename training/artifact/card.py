@@ -14,7 +14,6 @@ CVSS_ROWS = (  # (manifest key, label, format)
     ("base_score_mae", "base-score MAE (lower is better)", "{:.3f}"),
     ("severity_accuracy", "severity accuracy", "{:.3f}"),
     ("distinct_predicted_vectors", "distinct predicted vectors", "{:.0f}"),
-    ("ece_calibrated_crossfit", "ECE of per-metric probabilities, calibrated (cross-fitted)", "{:.3f}"),
 )
 ATTACK_ROWS = (
     ("top1", "top-1 accuracy", "{:.3f}"),
@@ -41,25 +40,25 @@ def headline(manifest: Manifest) -> list[tuple[str, str, str]]:
 
 
 def _held_out(manifest: Manifest) -> str:
-    m, data = manifest.metrics, manifest.training_data
+    m = manifest.metrics
     if manifest.task == "cvss":
-        n = m.get("n", "?")
-        return (
-            f"{n} CVEs held out by CVE (seeded hash), never trained on by the model these figures are of. "
-            f"{m.get('validation', '')} Split: {data.split}."
-        ).strip()
-    return f"{m.get('validation', 'cross-validation over threat groups')}: {m.get('note', '')}. Split: {data.split}."
+        where = f"{m.get('n', '?')} CVEs held out by CVE (a seeded hash): the model these figures are of never saw them"
+        refit = f" (recorded: {m['validation']})" if "validation" in m else ""
+        return where + refit + "."
+    return f"{m.get('validation', 'cross-validation over threat groups')}; {m.get('note', '')}."
 
 
 def _sets(manifest: Manifest) -> list[str]:
+    """CVSS: whole vectors (coverage over random halves of the validation CVEs); ATT&CK: techniques (mean
+    over held-out groups)."""
     rows = []
     for coverage, figures in sorted((manifest.metrics.get("conformal", {}).get("model") or {}).items()):
-        summary = figures.get("vector_random_halves") or figures.get("mean_over_groups") or {}
-        size = summary.get("mean_set_size")
-        rows.append(
-            f"| {coverage} | {_fmt('{:.3f}', summary.get('mean_coverage', summary.get('coverage')))} | "
-            f"{_fmt('{:.1f}', size)} |"
-        )
+        if "vector_random_halves" in figures:
+            measured, size = figures["vector_random_halves"].get("mean_coverage"), figures["vector"]["mean_set_size"]
+        else:
+            groups = figures.get("mean_over_groups", {})
+            measured, size = groups.get("coverage"), groups.get("mean_set_size")
+        rows.append(f"| {coverage} | {_fmt('{:.3f}', measured)} | {_fmt('{:.1f}', size)} |")
     return rows
 
 
@@ -95,13 +94,20 @@ def card_text(manifest: Manifest) -> str:
         "",
         "## Intended use",
         "",
-        "Triage help for security analysts: a first vector for CVEs that lack one, or a flag where a record's "
-        "vector disagrees"
-        if task == "cvss"
-        else "Triage help for CTI analysts: candidate techniques for an excerpt, with calibrated probabilities "
-        "and prediction sets",
-        "; read its probabilities, prediction sets and abstention, not the top answer alone. Out of scope: "
-        "deciding severity or attribution without a person, languages other than English, CVSS v4.0.",
+        (
+            "Triage help for security analysts: a first vector for CVEs that lack one, or a flag where a record's "
+            "vector disagrees"
+            if task == "cvss"
+            else "Triage help for CTI analysts: candidate techniques for an excerpt, with calibrated probabilities "
+            "and prediction sets"
+        )
+        + "; read its probabilities, prediction sets and abstention, not the top answer alone. Out of scope: "
+        + (
+            "scoring a CVE without a person's review, CVSS v4.0, temporal and environmental metrics"
+            if task == "cvss"
+            else "attributing an intrusion without a person's review, sub-techniques (mapped to their parent)"
+        )
+        + ", text not in English.",
         "",
         "## Training data",
         "",
@@ -121,15 +127,28 @@ def card_text(manifest: Manifest) -> str:
         "",
         f"- temperature T = {manifest.temperature:.3f}, fitted on held-out scores only",
     ]
+    m = manifest.metrics
+    if task == "cvss" and "ece_calibrated_crossfit" in m:
+        body.append(
+            f"- ECE of the per-metric probabilities: {m.get('ece_uncalibrated', float('nan')):.3f} uncalibrated, "
+            f"{m['ece_calibrated_crossfit']:.3f} calibrated (cross-fitted: each half scaled by a T fitted on the other)"
+        )
+    elif "mean" in m:
+        body.append(
+            f"- ECE of the top-1 probability: {m['mean']['ece_uncalibrated']:.3f} uncalibrated, "
+            f"{m['mean']['ece_calibrated']:.3f} calibrated (floor {m['mean']['ece_calibrated_floor']:.3f}; each "
+            "held-out group scaled by a T fitted on the others)"
+        )
     if manifest.prior_correction is not None:
         body.append(f"- prior correction tau = {manifest.prior_correction.tau:g} (logit adjustment when decoding)")
     sets = _sets(manifest)
+    unit = "vectors" if task == "cvss" else "techniques"
     if sets:
         body += [
             "",
             "Prediction sets (split-conformal; coverage measured on held-out data):",
             "",
-            "| target coverage | measured coverage | mean set size |",
+            f"| target coverage | measured coverage | mean set size ({unit}) |",
             "|---|---|---|",
             *sets,
         ]
@@ -146,7 +165,7 @@ def card_text(manifest: Manifest) -> str:
         "",
         "`make train-defaults` in the repository (the exact commands are in its Makefile). Recorded settings:",
         "",
-        "```json",
+        "```text",
         *(f"{k}: {v}" for k, v in sorted(hp.items()) if not isinstance(v, dict | list) or k == "target_modules"),
         "```",
         "",

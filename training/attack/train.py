@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from training import heldout
 from training.artifact.base_model import resolve_base_model
 from training.artifact.encoding import encode_prompt
 from training.artifact.layout import HEAD_FILE
@@ -51,6 +50,7 @@ from training.attack.head_init import HEAD_INITS, imprint_head, probe_head, reim
 from training.attack.predict import attack_logits
 from training.attack.procedures import PROCEDURE_GROUP, procedure_examples
 from training.data import AttackExample, load_cti_hal
+from training.evaluation import heldout
 from training.evaluation.baseline import attack_baseline_oof
 from training.evaluation.conformal import attack_conformal
 from training.evaluation.split import SplitError, group_k_folds, split_attack

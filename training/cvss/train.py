@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cvss.constants3 as cvss_constants
 
-from training import heldout
 from training.artifact.base_model import resolve_base_model
 from training.artifact.encoding import cvss_value_token_ids, encode_prompt
 from training.artifact.loading import load_tokenizer, pick_device, pick_dtype
@@ -34,6 +33,7 @@ from training.cvss.predict import predict_cvss
 from training.cvss.prior_correction import fit_prior_correction
 from training.data import CvssExample, load_cvss
 from training.data.common import BASE_METRICS
+from training.evaluation import heldout
 from training.evaluation.calibrate import cross_fitted_cvss_ece, fit_cvss_temperature
 from training.evaluation.conformal import cvss_conformal
 from training.evaluation.heldout import cvss_heldout

@@ -10,6 +10,7 @@ from typing import Any
 from service.metrics import ENGINE_QUEUE_TIME, ENGINE_RUNNING, ENGINE_WAITING
 from service.settings import Settings
 from training.artifact.base_model import revision_of
+from training.artifact.loading import default_dtype
 
 GIB = 1 << 30
 
@@ -34,10 +35,7 @@ def bind_cpu_threads(setting: str) -> None:
 
 
 def engine_dtype(s: Settings) -> str:
-    if s.vllm_dtype != "auto":
-        return s.vllm_dtype
-    # CPUs without bf16 units (AVX2 only) run vLLM's bf16 path about 2.5x slower than fp32
-    return "bfloat16" if on_gpu() else "float32"
+    return default_dtype(on_gpu()) if s.vllm_dtype == "auto" else s.vllm_dtype
 
 
 def _stat_logger(model: str):

@@ -74,6 +74,13 @@ def _check_lengths(texts: list[str], limit: int) -> None:
             raise InvalidInput(f"item {i}: {len(t)} characters; the limit is {limit}")
 
 
+async def _classify(model, route: str, texts: list[str], s: Settings, **opts):
+    """What both classify routes do with their texts: limits, optional logging, the model under the deadline."""
+    _check_lengths(texts, s.max_text_chars)
+    _log_texts(route, texts, s)
+    return await _deadline(model.classify_many(texts, **opts), s)
+
+
 async def _deadline(coro, s: Settings):
     try:
         return await asyncio.wait_for(coro, s.request_timeout_s)
@@ -102,11 +109,9 @@ async def classify_cvss(body: CvssRequest, models: ModelsDep, s: SettingsDep):
     cvss = _require(models.cvss, "CVSS", models)
     records = _records(body)
     texts = [r.description for r in records] if records is not None else _cvss_texts(body)
-    _check_lengths(texts, s.max_text_chars)
-    _log_texts("/classify/cvss", texts, s)
     adapter = body.adapter or DEFAULT_ADAPTER
-    results = await _deadline(
-        cvss.classify_many(texts, adapter=adapter, min_confidence=body.min_confidence, coverage=body.coverage), s
+    results = await _classify(
+        cvss, "/classify/cvss", texts, s, adapter=adapter, min_confidence=body.min_confidence, coverage=body.coverage
     )
     for result, record in zip(results, records or [], strict=False):
         _attach_record(result, record, cvss)
@@ -150,10 +155,14 @@ def _attach_record(result: CvssResult, record: CveRecord, cvss: CvssModel) -> No
 async def classify_attack(body: AttackRequest, models: ModelsDep, s: SettingsDep):
     attack = _require(models.attack, "ATT&CK", models)
     texts = [body.text] if body.text is not None else list(body.texts or [])
-    _check_lengths(texts, s.max_text_chars)
-    _log_texts("/classify/attack", texts, s)
-    results = await _deadline(
-        attack.classify_many(texts, top_k=body.top_k, min_confidence=body.min_confidence, coverage=body.coverage), s
+    results = await _classify(
+        attack,
+        "/classify/attack",
+        texts,
+        s,
+        top_k=body.top_k,
+        min_confidence=body.min_confidence,
+        coverage=body.coverage,
     )
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
 

@@ -57,17 +57,10 @@ def run_module(module: str, *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
-class Server(ServerProcess):
-    """The service under test, its output kept in `log_path` (shown when it fails to start)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        super().__init__(["-m", "service"], env, log_path)
-
-
 @pytest.fixture(scope="session")
-def service(tmp_path_factory, base_model) -> Server:
+def service(tmp_path_factory, base_model) -> ServerProcess:
     """The real service (vLLM CPU engine + committed default artifacts), one per test session."""
-    server = Server({}, tmp_path_factory.mktemp("svc") / "service.log")
+    server = ServerProcess.service({}, tmp_path_factory.mktemp("svc") / "service.log")
     try:
         server.wait_ready(420)
         yield server

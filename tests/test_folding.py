@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
-from training.artifact.folding import STAMP, folded_model_dir
+from training.artifact.folding import folded_model_dir
+from training.artifact.layout import FOLD_STAMP
 from training.artifact.manifest import load_manifest
 
 
@@ -53,7 +54,7 @@ def test_cached_copy_from_other_inputs_is_rebuilt_and_names_are_sanitised(tmp_pa
     manifest = load_manifest(DEFAULT_CVSS).model_copy(update={"name": "../../evil name"})
     merged = folded_model_dir(str(base_model), DEFAULT_CVSS, manifest, tmp_path)
     assert merged.parent == tmp_path and ".." not in merged.name and " " not in merged.name
-    stamp = merged / STAMP
+    stamp = merged / FOLD_STAMP
     recorded = json.loads(stamp.read_text())
     # a stamp whose weights hash matches but which claims another adapter: not trusted, rebuilt
     stamp.write_text(json.dumps({**recorded, "inputs": {**recorded["inputs"], "adapter_sha256": "0" * 64}}))

@@ -15,14 +15,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import DEFAULT_CVSS, Server
+from tests.conftest import DEFAULT_CVSS, ServerProcess
 
 pytestmark = pytest.mark.slow
 TEXT = "The actor used Mimikatz to dump credentials from LSASS."
 
 
-def _server(tmp_path_factory, name: str, **env: str) -> Server:
-    s = Server(env, tmp_path_factory.mktemp(name) / "service.log")
+def _server(tmp_path_factory, name: str, **env: str) -> ServerProcess:
+    s = ServerProcess.service(env, tmp_path_factory.mktemp(name) / "service.log")
     s.wait_ready()
     return s
 

@@ -38,7 +38,8 @@ def data_hash(rows: list[tuple]) -> str:
 
 
 def save_adapter_16bit(peft_model, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    """PEFT's adapter files, with the weights cast to 16 bits (half the size; serving runs in 16 bits)."""
+    """PEFT's adapter files, with the weights cast to 16 bits (half the size; the service loads them in the
+    engine's dtype)."""
     peft_model.save_pretrained(str(out), safe_serialization=True)
     f = out / ADAPTER_FILE
     tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(f)).items()}

@@ -48,8 +48,8 @@ def calibrate_cvss(
         float | None, typer.Option(help="Decode with this shift from the training prior (tau; 0: none; default: keep)")
     ] = None,
 ) -> None:
-    """Fit a CVSS artifact's temperature and prediction sets on its validation CVEs (training does this
-    itself now), after setting its prior correction if asked."""
+    """Fit a CVSS artifact's temperature and prediction sets on its validation CVEs, after setting its prior
+    correction if asked."""
     from training.artifact.manifest import ArtifactError
     from training.cvss.train import calibrate_cvss as run
 
@@ -91,8 +91,8 @@ def conformal(
     data: Annotated[list[Path], typer.Option(help="Its training data (baseline sets; CVSS validation CVEs)")],
     out: Annotated[Path | None, typer.Option(help="Artifact folder to write (default: in place)")] = None,
 ) -> None:
-    """Fit an artifact's prediction-set thresholds on its held-out scores (training does this itself now);
-    ATT&CK: recompute its cross-group metrics from the same scores."""
+    """Fit an artifact's prediction-set thresholds on its held-out scores; ATT&CK: recompute its cross-group
+    metrics from the same scores."""
     import json
 
     from training.refit import refit_conformal
@@ -145,6 +145,38 @@ def _config(**kw):
 
 
 BaseOpt = Annotated[str, typer.Option("--base-model", help="Local model folder or Hugging Face id")]
+# The fitting options both training commands take, defined once (defaults stay per command)
+Epochs = Annotated[float, typer.Option(help="Training epochs (fractions allowed)")]
+LearningRate = Annotated[float, typer.Option(help="Peak learning rate of the cosine schedule")]
+BatchSize = Annotated[int, typer.Option(help="Examples per optimizer step")]
+LoraR = Annotated[int, typer.Option(help="LoRA rank")]
+LoraAlpha = Annotated[int, typer.Option(help="LoRA alpha (the update is scaled by alpha / r)")]
+LoraDropout = Annotated[float, typer.Option(help="LoRA dropout (0 trains ~25% faster on a CPU)")]
+Seed = Annotated[int, typer.Option(help="Seed of the adapter's initial draw and the batch order")]
+MaxSteps = Annotated[int, typer.Option(help="Stop after N optimizer steps (-1: the epochs decide)")]
+Threads = Annotated[int, typer.Option(help="torch threads (0: torch's default)")]
+LoraLayers = Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")]
+AverageFrom = Annotated[
+    list[int] | None,
+    typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on validation"),
+]
+FIT_OPTIONS = (
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "seed",
+    "max_steps",
+    "threads",
+    "lora_layers",
+)
+
+
+def _fit_config(options: dict, **own):
+    """A TrainConfig from a command's arguments (`locals()` at its start): the shared options, plus its own."""
+    return _config(**{k: options[k] for k in FIT_OPTIONS}, average_from=tuple(options["average_from"] or ()), **own)
 
 
 @app.command()
@@ -154,21 +186,21 @@ def cvss(
     ],
     out: OutOpt,
     base_model: BaseOpt = "models/smollm2-135m",
-    epochs: float = 3.0,
-    learning_rate: float = 1e-3,
-    batch_size: int = 8,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (0 trains ~25% faster on a CPU)")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the adapter's initial draw and the batch order")] = 13,
+    epochs: Epochs = 3.0,
+    learning_rate: LearningRate = 1e-3,
+    batch_size: BatchSize = 8,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_dropout: LoraDropout = 0.0,
+    seed: Seed = 13,
     split_seed: Annotated[
         int | None, typer.Option(help="Seed of the CVE-disjoint validation split (default: --seed)")
     ] = None,
-    max_steps: int = -1,
-    threads: int = 0,
+    max_steps: MaxSteps = -1,
+    threads: Threads = 0,
     n_validation: int = 120,
     max_input_tokens: int = 192,
-    lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,
+    lora_layers: LoraLayers = 0,
     limit_train: Annotated[int, typer.Option(help="Use only the first N training CVEs (smoke runs)")] = 0,
     loss: Annotated[str, typer.Option(help="'allowed' (softmax over the allowed values, as served) or 'vocab'")] = (
         "allowed"
@@ -177,31 +209,15 @@ def cvss(
     answers: Annotated[
         str, typer.Option(help="What the model writes per metric: 'letter' (N) or 'word' (network)")
     ] = "letter",
-    average_from: Annotated[
-        list[int] | None,
-        typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on validation"),
-    ] = None,
+    average_from: AverageFrom = None,
 ) -> None:
     """LoRA fine-tune of the causal LM to write CVSS v3.1 base vectors."""
+    options = dict(locals())
     from training.cvss.train import ANSWER_FORMATS, train_cvss
     from training.data import DataError
 
     _setup_logging()
-    cfg = _config(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        seed=seed,
-        max_steps=max_steps,
-        threads=threads,
-        lora_layers=lora_layers,
-        loss=loss,
-        select_best_epoch=best_epoch,
-        average_from=tuple(average_from or ()),
-    )
+    cfg = _fit_config(options, loss=loss, select_best_epoch=best_epoch)
     if loss not in ("allowed", "vocab"):
         raise typer.BadParameter("must be 'allowed' or 'vocab'", param_hint="--loss")
     if answers not in ANSWER_FORMATS:
@@ -228,15 +244,15 @@ def attack(
     data: Annotated[Path, typer.Option(help="CTI-HAL folder (searched recursively for *.json)")],
     out: OutOpt,
     base_model: BaseOpt = "models/smollm2-135m",
-    epochs: float = 3.0,
-    learning_rate: float = 1e-3,
-    batch_size: int = 8,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (0 trains ~25% faster on a CPU)")] = 0.0,
-    seed: int = 13,
-    max_steps: int = -1,
-    threads: int = 0,
+    epochs: Epochs = 3.0,
+    learning_rate: LearningRate = 1e-3,
+    batch_size: BatchSize = 8,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_dropout: LoraDropout = 0.0,
+    seed: Seed = 13,
+    max_steps: MaxSteps = -1,
+    threads: Threads = 0,
     validation_group: Annotated[
         list[str] | None, typer.Option(help="Hold out these group(s) instead of cross-validating; not trained on")
     ] = None,
@@ -245,7 +261,7 @@ def attack(
     ] = 0,
     label_smoothing: float = 0.0,
     max_input_tokens: int = 256,
-    lora_layers: Annotated[int, typer.Option(help="Adapt only the top N layers (0: all)")] = 0,
+    lora_layers: LoraLayers = 0,
     catalogue_examples: Annotated[bool, typer.Option(help="Add catalogue descriptions as examples")] = True,
     procedures: Annotated[
         int, typer.Option(help="Add up to N catalogue procedure examples per technique (0: none)")
@@ -261,10 +277,7 @@ def attack(
             "holding out each training group)"
         ),
     ] = "random",
-    average_from: Annotated[
-        list[int] | None,
-        typer.Option(help="Candidate start epoch of a tail average of the weights; repeatable; chosen on the folds"),
-    ] = None,
+    average_from: AverageFrom = None,
     reimprint: Annotated[
         list[float] | None,
         typer.Option(
@@ -275,6 +288,7 @@ def attack(
     limit_train: Annotated[int, typer.Option(help="Use only the first N items of each group (smoke runs)")] = 0,
 ) -> None:
     """Sequence-classification head (LoRA + score head) over ATT&CK techniques, with temperature scaling."""
+    options = dict(locals())
     from training.attack.head_init import HEAD_INITS
     from training.attack.train import train_attack
     from training.data import DataError
@@ -284,20 +298,7 @@ def attack(
         raise typer.BadParameter(f"must be one of {HEAD_INITS}", param_hint="--head-init")
 
     _setup_logging()
-    cfg = _config(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        seed=seed,
-        max_steps=max_steps,
-        threads=threads,
-        lora_layers=lora_layers,
-        label_smoothing=label_smoothing,
-        average_from=tuple(average_from or ()),
-    )
+    cfg = _fit_config(options, label_smoothing=label_smoothing)
     try:
         m = train_attack(
             data,

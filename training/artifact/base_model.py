@@ -104,12 +104,17 @@ def files_hash(name_or_path: str) -> str | None:
     return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files), str(p))
 
 
+def hash_file_into(h, path: Path | str) -> None:
+    """Feed a file to a hash in 1 MiB chunks (the one chunked reader: artifacts and base models alike)."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
 @functools.lru_cache(maxsize=64)
 def _digest(files: tuple[tuple[str, int, int], ...], root: str | None = None) -> str:
     h = hashlib.sha256()
     for path, _, _ in files:
         h.update((Path(path).relative_to(root).as_posix() if root else Path(path).name).encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file_into(h, path)
     return h.hexdigest()

@@ -29,7 +29,6 @@ from training.artifact.layout import ADAPTER_FILE, FOLD_STAMP, HEAD_FILE, readab
 from training.artifact.manifest import ArtifactError, AttackLabels, Manifest
 
 log = logging.getLogger(__name__)
-STAMP = FOLD_STAMP
 LOCK = ".lock"
 
 
@@ -76,7 +75,7 @@ def reading(cache_dir: Path) -> Iterator[None]:
 
 
 def _cached_or_built(base: str, artifact: Path, manifest: Manifest, out: Path, inputs: dict) -> Path:
-    stamp = out / STAMP
+    stamp = out / FOLD_STAMP
     if stamp.is_file():
         try:
             recorded = json.loads(stamp.read_text())
@@ -128,7 +127,7 @@ def _build(base: str, artifact: Path, manifest: Manifest, out: Path, inputs: dic
             staging
         )
         stamp = {"inputs": inputs, "weights_sha256": weights_hash(str(staging))}
-        (staging / STAMP).write_text(json.dumps(stamp, indent=2))
+        (staging / FOLD_STAMP).write_text(json.dumps(stamp, indent=2))
         readable_by_all(staging)
         if out.exists():
             shutil.rmtree(out)

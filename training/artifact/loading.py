@@ -21,11 +21,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def default_dtype(on_gpu: bool) -> str:
+    """The one rule, for training, evaluation and both engines: bf16 on a GPU; fp32 on a CPU, where chips
+    without bf16 units (AVX2) run bf16 about 2.9x slower (docs/benchmarks.md)."""
+    return "bfloat16" if on_gpu else "float32"
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    # CPUs here lack bf16 matmul units: fp32 is faster there; GPUs use bf16.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, default_dtype(device.type == "cuda") if dtype == "auto" else dtype)
 
 
 def load_tokenizer(base: str):

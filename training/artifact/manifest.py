@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.artifact.base_model import hash_file_into
 from training.artifact.layout import (
     CARD_FILE,
     MANIFEST_FILE,
@@ -275,9 +276,7 @@ def _re_escape(s: str) -> str:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    hash_file_into(h, path)
     return h.hexdigest()
 
 

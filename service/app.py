@@ -22,6 +22,7 @@ from service.metrics import MODEL_INFO, READY, REGISTRY
 from service.middleware import BodyLimit, RequestContext
 from service.models.attack import AttackModel
 from service.models.cvss import CvssModel
+from service.quota import KeyQuota
 from service.routes import Models, router
 from service.settings import Settings, get_settings
 
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, model_classes: dict[str, type] 
             allow_headers=["authorization", "content-type", "x-request-id"],
         )
     app.add_middleware(BodyLimit, max_bytes=s.body_limit_bytes, timeout_s=s.http_body_timeout_s)
+    app.add_middleware(KeyQuota, settings=s)  # before the body is read: strangers and keys over quota cost no parsing
     # outermost: every answer, a 413 or 408 from BodyLimit too, carries a request id and is counted
     app.add_middleware(RequestContext, routes=frozenset(r.path for r in app.routes if hasattr(r, "path")))
     return app

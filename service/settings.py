@@ -84,6 +84,14 @@ class Settings(BaseSettings):
 
     # Security and reliability
     api_keys: str = Field("", description="Comma-separated bearer keys; empty disables auth (logged at start-up)")
+    key_max_concurrency: int = Field(
+        16, ge=1, description="Requests one API key may have in flight; over it a 429 with Retry-After"
+    )
+    key_concurrency_overrides: dict[str, int] = Field(
+        default_factory=dict,
+        description='Per-key limits, JSON {"<fingerprint>": n}; a fingerprint is the first 12 hex digits of the '
+        "key's sha256 (printf %s KEY | sha256sum | cut -c1-12), so no key is written twice",
+    )
     protect_ops_endpoints: bool = Field(False, description="Also require a key for /healthz, /readyz, /metrics")
     metrics_require_key: bool = Field(
         True, description="/metrics needs a bearer key whenever keys are configured (it shows what clients classify)"

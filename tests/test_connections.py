@@ -18,6 +18,7 @@ import uvicorn
 from bench.harness import free_port
 from service.app import create_app
 from service.http_protocol import protocol_for
+from service.quota import DISCARD_SECONDS
 from service.settings import Settings
 from tests.conftest import DEFAULT_ATTACK, DEFAULT_CVSS
 from tests.fakes import FAKES
@@ -195,3 +196,18 @@ def test_a_client_that_disconnects_frees_its_slots_at_once(base_model):
                 assert r.status_code == 200, r.text
 
         asyncio.run(scenario())
+
+
+def test_a_stranger_is_refused_from_the_headers_before_its_body(server):
+    """No key: 401 within about a second although the declared 500 kB body never comes (nothing parsed)."""
+    sock = _connect(server.port)
+    t0 = time.monotonic()
+    sock.sendall(
+        b"POST /classify/cvss HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 500000\r\n\r\n{"description": "'
+    )
+    answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+    assert b"www-authenticate: Bearer" in answer and b"x-request-id" in answer.lower()
+    # answered from the headers (the body limit would have said 408), after at most a bounded discard
+    assert time.monotonic() - t0 < DISCARD_SECONDS + 2

@@ -1,0 +1,51 @@
+"""Quotas per API key: one key at its limit gets 429 with a Retry-After, another key is unaffected
+(fast tier: fake models hold each text for a while; nothing here is about a model's answers)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.quota import fingerprint
+from service.settings import Settings
+from tests.conftest import DEFAULT_ATTACK
+from tests.fakes import FAKES
+
+BUSY, CALM = "key-busy-0123456789", "key-calm-0123456789"
+TEXT = "The actor used Mimikatz to dump credentials from LSASS."
+
+
+def test_a_key_at_its_limit_gets_429_and_another_key_is_unaffected(base_model):
+    settings = Settings(
+        cvss_artifact="",
+        attack_artifact=DEFAULT_ATTACK,
+        api_keys=f"{BUSY},{CALM}",
+        key_max_concurrency=4,
+        key_concurrency_overrides={fingerprint(BUSY): 2},
+    )
+    with TestClient(create_app(settings, model_classes=FAKES)) as c:
+        model = c.app.state.models.attack
+        model.delay_s = 1.0
+
+        def call(key: str):
+            t = time.perf_counter()
+            r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {key}"})
+            return key, r, time.perf_counter() - t
+
+        with ThreadPoolExecutor(7) as pool:
+            answers = list(pool.map(call, [BUSY] * 4 + [CALM] * 3))
+        model.delay_s = 0.0
+        busy = [r.status_code for k, r, _ in answers if k == BUSY]
+        calm = [r.status_code for k, r, _ in answers if k == CALM]
+        assert sorted(busy) == [200, 200, 429, 429], busy  # its override: 2 in flight
+        assert calm == [200, 200, 200]  # under its default of 4, whatever the busy key does
+        refused = [(r, dt) for k, r, dt in answers if r.status_code == 429]
+        assert all(int(r.headers["retry-after"]) >= 1 and dt < 0.9 for r, dt in refused)  # at once, not queued
+        assert all("limit" in r.json()["detail"] for r, _ in refused)
+        r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {BUSY}"})
+        assert r.status_code == 200  # its slots came back
+        metrics = c.get("/metrics", headers={"authorization": f"Bearer {CALM}"}).text
+        assert 'secclf_errors_total{kind="quota",route="other"} 2.0' in metrics

@@ -1,9 +1,9 @@
-"""`make image-test`: build the CPU image, serve from it, probe it, stop it; then compose it with Prometheus.
+"""`make image-test`: build the CPU image, serve from it, probe it, stop it; then compose it with nginx and Prometheus.
 
 Writes docker/image-test.json: image size, build time, time to ready, peak memory, each check's result.
 Needs podman (or docker: SECCLF_CONTAINER_ENGINE=docker) and, where the base images cannot be pulled,
 debootstrap, to make local stand-ins (Debian bookworm + Python 3.11 for the Dockerfile's `FROM`; Debian's
-`prometheus` package for compose). The machine's pip indexes are passed as build arguments, so the
+`prometheus` and `nginx-light` packages for compose). The machine's pip indexes are passed as build arguments, so the
 Dockerfile stays generic. Not part of `.ci/run` (it takes many minutes); see the README.
 """
 
@@ -59,7 +59,7 @@ def from_image(dockerfile: Path) -> str:
 
 
 # -- local stand-ins for base images that cannot be pulled ------------------------------------------------
-def debian_rootfs_image(name: str = "localhost/debian-python:bookworm") -> str:
+def debian_rootfs_image(name: str = "localhost/debian-python:bookworm-nginx") -> str:
     """Debian bookworm (minbase) + Python 3.11 with its headers (as the official python images have: torch
     inductor compiles against them) + pip, with this machine's CA bundle (a test base only)."""
     if image_exists(name):
@@ -69,7 +69,7 @@ def debian_rootfs_image(name: str = "localhost/debian-python:bookworm") -> str:
         sh(
             "debootstrap",
             "--variant=minbase",
-            "--include=python3,python3-dev,python3-pip,python3-venv,ca-certificates,prometheus,wget",
+            "--include=python3,python3-dev,python3-pip,python3-venv,ca-certificates,prometheus,nginx-light,wget",
             "bookworm",
             str(root),
             DEBIAN_MIRROR,
@@ -112,6 +112,17 @@ def prometheus_image(name: str) -> None:
             f"FROM {base}\nRUN mkdir -p /prometheus && chown nobody /prometheus\nUSER nobody\nWORKDIR /prometheus\n"
             'ENTRYPOINT ["/usr/bin/prometheus", "--storage.tsdb.path=/prometheus"]\n'
         )
+        engine("build", "--pull=never", "-t", name, d)
+
+
+def nginx_image(name: str) -> None:
+    """Compose's proxy: a stand-in from Debian's nginx where the official image cannot be pulled (the
+    configuration is the one compose mounts, docker/nginx/nginx.conf)."""
+    if image_exists(name):
+        return
+    base = debian_rootfs_image()
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "Containerfile").write_text(f'FROM {base}\nENTRYPOINT ["/usr/sbin/nginx", "-g", "daemon off;"]\n')
         engine("build", "--pull=never", "-t", name, d)
 
 
@@ -328,13 +339,15 @@ def compose_check(checks: dict) -> None:
     spec = (REPO / "docker-compose.yml").read_text()
     prom = re.search(r"prometheus:\s*\n\s*image:\s*(\S+)", spec).group(1)
     prometheus_image(prom)
+    nginx_image(re.search(r"proxy:\s*\n\s*image:\s*(\S+)", spec).group(1))
     env = {**os.environ, "SECCLF_API_KEYS": KEY, "GRAFANA_ADMIN_PASSWORD": "unused", "COMPOSE_PROFILES": "cpu"}
     project = ["-p", "secclf-image-test", "-f", str(REPO / "docker-compose.yml")]
     # the image is already built: tag it with the name compose expects
     engine("tag", IMAGE, "localhost/secclf:cpu", "secclf:cpu", check=False)
     # podman-compose 1.0 has no --profile; naming the services starts the same two
     profile = [] if compose else ["--profile", "cpu"]
-    up = [*cmd, *project, *profile, "up", "-d", *([] if compose else ["--no-build"]), "secclf-cpu", "prometheus"]
+    services = ["secclf-cpu", "prometheus", "proxy"]
+    up = [*cmd, *project, *profile, "up", "-d", *([] if compose else ["--no-build"]), *services]
     try:
         sh(*up, env=env, cwd=REPO)
         with httpx.Client(timeout=30) as c:
@@ -365,6 +378,7 @@ def compose_check(checks: dict) -> None:
                     for r in result
                     if r["value"][1] not in ("NaN", "+Inf")
                 }
+            checks["proxy"] = proxy_check(c, auth)
         checks["compose"] = {
             "targets": {t["scrapeUrl"]: t["health"] for t in targets},
             "p95_seconds_by_route": p95,
@@ -373,6 +387,23 @@ def compose_check(checks: dict) -> None:
         assert any(t["health"] == "up" for t in targets) and routes <= set(p95), checks["compose"]
     finally:
         sh(*cmd, *project, *profile, "down", env=env, cwd=REPO, check=False)
+
+
+def proxy_check(c: httpx.Client, auth: dict) -> dict:
+    """Through nginx (:8080): the API answers, /metrics stays private, an oversized header or body is turned
+    away at the edge."""
+    proxy = "http://127.0.0.1:8080"
+    out = {
+        "healthz": c.get(f"{proxy}/healthz").status_code,
+        "classify": c.post(f"{proxy}/classify/attack", json={"text": REPORT}, headers=auth, timeout=120).status_code,
+        "metrics": c.get(f"{proxy}/metrics", headers=auth).status_code,
+        "32 KB header": c.get(f"{proxy}/healthz", headers={"X-Big": "a" * 32_000}).status_code,
+        "7 MB body": c.post(
+            f"{proxy}/classify/attack", content=b"x" * (7 << 20), headers={**auth, "content-type": "application/json"}
+        ).status_code,
+    }
+    assert out == {"healthz": 200, "classify": 200, "metrics": 404, "32 KB header": 400, "7 MB body": 413}, out
+    return out
 
 
 def main() -> int:

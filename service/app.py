@@ -130,6 +130,10 @@ async def _watchdog(app: FastAPI) -> None:
         await asyncio.sleep(1)
         sick = [type(x).__name__ for x in models.loaded() if not x.healthy]
         if not sick:
+            if since is not None:  # recovered before the exit deadline: ready again, problems cleared
+                log.warning("recovered: every model is healthy again")
+                models.problems = []
+                READY.set(1)
             since = None
             continue
         if since is None:

@@ -30,6 +30,7 @@ class FakeEngine:
 class _Controls:
     delay_s = 0.0  # seconds each predict takes (backpressure and deadline tests)
     fail: str | None = None  # an engine error message to raise from predict
+    refuse: str | None = None  # an input-validation error (ValueError) for the engine stream to raise
 
     async def load(self) -> None:
         self.tokenizer = load_tokenizer(self.base)  # real truncation and encoding
@@ -43,6 +44,13 @@ class _Controls:
     async def _work(self, ids: list[int]) -> torch.Generator:
         if self.fail:
             raise EngineUnavailable(self.fail)
+        if self.refuse:  # through the real final_output, as vLLM's input validation would surface
+
+            async def stream():
+                raise ValueError(self.refuse)
+                yield
+
+            await self.final_output(stream)
         await asyncio.sleep(self.delay_s)
         return torch.Generator().manual_seed(sum(ids) % (2**31))
 

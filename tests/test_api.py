@@ -98,7 +98,7 @@ def test_configured_limits_request_id_and_no_text_in_logs(base_model, caplog):
             content=b'{"text": "' + b"a" * 30_000 + b'"}',
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 413
+        assert r.status_code == 413 and len(r.headers["x-request-id"]) == 32  # tracked like every answer
         r = c.post("/classify/attack", json={"texts": ["x"] * 65})
         assert r.status_code == 422
         r = c.post("/classify/attack", json={"text": TEXT}, headers={"x-request-id": "trace-42"})
@@ -124,7 +124,19 @@ def test_engine_failure_is_a_generic_503_with_the_request_id(client, caplog):
     assert client.post("/classify/attack", json={"text": TEXT}).status_code == 200
 
 
-def test_unhealthy_engine_turns_readyz_and_requests_to_503(client):
+def test_an_input_the_engine_refuses_is_a_422_not_a_503(client):
+    model = client.app.state.models.attack
+    model.refuse = "The decoder prompt (length 2000) is longer than the maximum model length of 1024"
+    try:
+        r = client.post("/classify/attack", json={"text": TEXT})
+    finally:
+        model.refuse = None
+    assert r.status_code == 422 and "retry-after" not in r.headers
+    assert "cannot take this text" in r.json()["detail"] and "maximum model length" in r.json()["detail"]
+    assert client.post("/classify/attack", json={"text": TEXT}).status_code == 200
+
+
+def test_unhealthy_engine_turns_readyz_and_requests_to_503_and_the_watchdog_recovers(client):
     engine = client.app.state.models.cvss.engine
     engine.errored = True
     try:
@@ -132,9 +144,14 @@ def test_unhealthy_engine_turns_readyz_and_requests_to_503(client):
         r = client.post("/classify/cvss", json={"description": CVE})
         assert r.status_code == 503 and "not ready" in r.json()["detail"] and r.headers["retry-after"] == "1"
         assert client.post("/classify/attack", json={"text": TEXT}).status_code == 200  # the other route lives
+        time.sleep(2.5)  # the watchdog looks every second
+        assert client.get("/readyz").json()["problems"] == ["FakeCvssModel unhealthy"]
+        assert "secclf_ready 0.0" in client.get("/metrics").text
     finally:
         engine.errored = False
-    assert client.get("/readyz").status_code == 200
+    time.sleep(2.5)  # a transient problem: the watchdog sees the recovery
+    assert client.get("/readyz").json() == {"ready": True, "unhealthy": [], "problems": []}
+    assert "secclf_ready 1.0" in client.get("/metrics").text
 
 
 def test_backpressure_rejects_at_once_and_loses_nothing(base_model):

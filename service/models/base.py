@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from service.admission import WorkBudget
-from service.exceptions import EngineUnavailable, InvalidInput, Overloaded
+from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, quoted
 from service.metrics import (
     ABSTAINED,
     ENGINE_UNFINISHED,
@@ -209,6 +209,8 @@ class VllmModel(ABC, Generic[R]):
         try:  # a deadline or a client gone cancels this (CancelledError is not an Exception): vLLM aborts
             async for out in stream():
                 final = out
+        except ValueError as e:  # vLLM's input validation: the input's fault, not the engine's (a 4xx)
+            raise InvalidInput(f"the {self.task} model cannot take this text: {quoted(str(e), 200)}") from e
         except Exception as e:
             raise EngineUnavailable(f"{self.task} engine request failed: {type(e).__name__}: {e}") from e
         if final is None:

@@ -24,6 +24,9 @@ def test_cvss_prompt_ids_equal_training_ids_with_a_bos_adding_tokenizer(base_mod
     model.tokenizer = tok
     ids, truncated = model.preprocess(TEXT)
     assert not truncated and tok.bos_token_id not in ids
+    # independently of encode_prompt (which training's rows also use): the rendered template, no BOS
+    assert ids == tok(model.manifest.render_prompt(TEXT), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids).startswith("Vulnerability description: A SQL injection")
 
     row = _rows(
         tok, model.manifest, [CvssExample("CVE-0000-0001", TEXT, "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "t")]

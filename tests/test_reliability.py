@@ -81,6 +81,7 @@ def test_cvss_inflight_limit_with_concurrent_requests(cvss_small):
         t.start()
     for t in threads:
         t.join(120)
+    assert len(box) == 4  # every request came back
     codes = sorted(r.status_code for r in box.values())
     assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
     assert all(r.headers["retry-after"] == "1" for r in box.values() if r.status_code == 503)
@@ -88,11 +89,24 @@ def test_cvss_inflight_limit_with_concurrent_requests(cvss_small):
     assert _post(s, body, key=None, path="/classify/cvss").status_code == 200  # capacity came back
 
 
-def test_engine_failure_turns_unready_then_exits_nonzero(cvss_small):
+def test_engine_killed_mid_request_fails_it_turns_unready_then_exits_4(cvss_small):
+    from service.exceptions import EXIT_ENGINE_DEAD
+
     s = cvss_small
     try:
-        for child in psutil.Process(s.proc.pid).children(recursive=True):  # the vLLM engine core
+        box: dict[str, httpx.Response] = {}
+        body = {
+            "descriptions": [
+                f"A heap overflow in the image parser ({i}) allows code execution. " * 12 for i in range(4)
+            ]
+        }
+        worker = threading.Thread(target=lambda: box.setdefault("r", _post(s, body, key=None, path="/classify/cvss")))
+        worker.start()
+        time.sleep(1.0)  # the request is in the engine
+        for child in psutil.Process(s.proc.pid).children(recursive=True):  # the vLLM engine processes
             child.kill()
+        worker.join(60)
+        assert box["r"].status_code == 503, box["r"].text  # the request in flight fails, it does not hang
         deadline = time.time() + 30
         while time.time() < deadline and httpx.get(s.url + "/readyz").status_code == 200:
             time.sleep(0.2)
@@ -101,7 +115,7 @@ def test_engine_failure_turns_unready_then_exits_nonzero(cvss_small):
         r = httpx.post(s.url + "/classify/cvss", json={"description": "buffer overflow"}, timeout=30)
         assert r.status_code == 503 and time.perf_counter() - t < 10
         assert "not ready" in r.json()["detail"] and "vllm" not in r.text.lower()  # no engine internals
-        assert s.proc.wait(60) == 3  # exits non-zero so the container restarts it
+        assert s.proc.wait(60) == EXIT_ENGINE_DEAD  # its own exit code, so the supervisor restarts it
     finally:
         s.stop()
 

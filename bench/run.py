@@ -162,6 +162,7 @@ def main() -> None:
     svc = ServerProcess.service(port=args.port)
     try:
         r["cold_start_s"] = svc.wait_ready()
+        r["startup_seconds"] = httpx.get(svc.url + "/v1/models", timeout=30).json().get("startup_seconds", {})
         r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats))
         r["peak_rss_mb"] = svc.peak_rss / 2**20  # the service with both engines
     finally:

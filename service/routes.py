@@ -185,7 +185,7 @@ async def readyz(response: Response, models: ModelsDep) -> dict:
 @router.get(
     "/v1/models", response_model=ModelsResponse, tags=["ops"], dependencies=protected, summary="Loaded artifacts"
 )
-async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
+async def list_models(request: Request, models: ModelsDep, s: SettingsDep) -> ModelsResponse:
     out = []
     for model in models.loaded():
         manifest = model.manifest
@@ -210,7 +210,9 @@ async def list_models(models: ModelsDep, s: SettingsDep) -> ModelsResponse:
                 created_at=manifest.created_at,
             )
         )
-    return ModelsResponse(models=out, auth_enabled=bool(s.api_key_list))
+    return ModelsResponse(
+        models=out, auth_enabled=bool(s.api_key_list), startup_seconds=request.app.state.startup_seconds
+    )
 
 
 @router.get(

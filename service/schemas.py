@@ -185,6 +185,9 @@ class LoadedModel(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[LoadedModel]
     auth_enabled: bool = Field(description="Whether /classify/* and /v1/models require a bearer key")
+    startup_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Where this process's start-up went, step by step"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -42,8 +42,8 @@ class AttackModel(VllmModel[AttackResult]):
         s = self.settings
         folded = await asyncio.to_thread(folded_model_dir, self.base, self.artifact, self.manifest, s.cache_dir)
         self._params = PoolingParams(task="classify")
-        engine = start_engine(
-            str(folded), "attack", s, s.attack_kv_cache_gib, lock=reading(s.cache_dir), runner="pooling"
+        engine = await asyncio.to_thread(  # off the loop: the two engines start side by side
+            start_engine, str(folded), "attack", s, s.attack_kv_cache_gib, lock=reading(s.cache_dir), runner="pooling"
         )
         log.info(
             "ATT&CK engine ready: base=%s labels=%d T=%.3f folded=%s",

@@ -122,7 +122,8 @@ class CvssModel(VllmModel[CvssResult]):
         # Returned, never bound to a local: vLLM keeps a frame object from inside this call alive (its f_back
         # chain reaches this frame), so a local would hold the engine past close() until interpreter teardown,
         # where its __del__ fails ("TypeError: 'NoneType' object is not callable").
-        return start_engine(model, "cvss", s, s.cvss_kv_cache_gib, **common, **extra)
+        # off the loop: the two engines start side by side
+        return await asyncio.to_thread(start_engine, model, "cvss", s, s.cvss_kv_cache_gib, **common, **extra)
 
     def info(self, adapter: str | None = DEFAULT_ADAPTER):
         manifest = self.adapters[adapter or DEFAULT_ADAPTER][1]

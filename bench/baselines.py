@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import REPO, ServerProcess, free_port
-from training.artifact.layout import MANIFEST_FILE
+from training.artifact.layout import CARD_FILE, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 # The last commit whose ATT&CK route ran the torch micro-batcher (service/batching.py)
@@ -64,7 +64,7 @@ def microbatcher_service(artifact: Path, port: int | None = None) -> Iterator[Se
     # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`,
     # the base model's `revision` (unset here) and its `files_sha256` (SECCLF_BASE_MODEL skips the check).
     legacy = tmp / "artifact"
-    shutil.copytree(artifact, legacy)
+    shutil.copytree(artifact, legacy, ignore=shutil.ignore_patterns(CARD_FILE))  # no model cards back then
     manifest = json.loads((legacy / MANIFEST_FILE).read_text())
     manifest.pop("conformal", None)
     manifest["base_model"].pop("files_sha256", None)

@@ -20,11 +20,13 @@ import httpx
 from bench.harness import REPO, ServerProcess
 from bench.inputs import inputs
 from bench.load import percentiles
+from service.settings import Settings
 
 # (name, raw JSON body for /classify/attack, the status it must get)
 BAD_INPUTS = [
     ("surrogate", b'{"text": "the actor \\ud800 used mimikatz"}', 422),
-    ("oversized", b'{"text": "' + b"a" * 1_100_000 + b'"}', 413),
+    # just over the service's default body limit (64 texts of the maximum length, in UTF-8)
+    ("oversized", b'{"text": "' + b"a" * (Settings().body_limit_bytes + 1) + b'"}', 413),
     ("malformed", b'{"text": "unterminated', 422),
     ("blank", b'{"text": "   "}', 422),
 ]

@@ -18,6 +18,11 @@ def main() -> None:
     logging_setup.configure()
     s = get_settings()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", s.vllm_log_level.upper())  # read by vLLM when it is imported
+    # transformers' load reports name the base model's folder: errors only, here and in the engine processes
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
     app = create_app(s)
     # One process: vLLM's engine core runs in its own subprocess; scale out with replicas.
     # SIGTERM: uvicorn stops accepting, drains in-flight requests (up to SECCLF_DRAIN_TIMEOUT_S, longer than

@@ -28,6 +28,7 @@ from service.settings import Settings, get_settings
 
 PROCESS_START = time.perf_counter()  # as early as the service's own code runs
 log = logging.getLogger("service")
+PROBE_TEXTS = 8  # longest texts timed per engine at start-up (fewer if an operator's cap is lower)
 WARMUP_TEXT = "Warm-up request: a buffer overflow in a network service allows remote code execution."
 
 
@@ -98,7 +99,7 @@ async def _models_lifespan(app: FastAPI):
                 await asyncio.wait_for(model.classify_many([WARMUP_TEXT]), s.warmup_timeout_s)
             t, steps["warmup"] = time.perf_counter(), round(time.perf_counter() - t, 2)
             for model in models.loaded():  # one at a time: each alone on the machine
-                probes = probe_texts(8, s.max_text_chars)
+                probes = probe_texts(min(PROBE_TEXTS, model.max_inflight), s.max_text_chars)
                 await asyncio.wait_for(model.measure_capacity(probes), s.warmup_timeout_s)
             steps["capacity_probe"] = round(time.perf_counter() - t, 2)
         budget = WorkBudget(s.request_timeout_s * s.admission_share)  # shared: the engines share the device

@@ -53,8 +53,11 @@ def _sets(manifest: Manifest) -> list[str]:
     over held-out groups)."""
     rows = []
     for coverage, figures in sorted((manifest.metrics.get("conformal", {}).get("model") or {}).items()):
+        if not isinstance(figures, dict):  # notes beside the levels
+            continue
         if "vector_random_halves" in figures:
-            measured, size = figures["vector_random_halves"].get("mean_coverage"), figures["vector"]["mean_set_size"]
+            measured = figures["vector_random_halves"].get("mean_coverage")
+            size = figures.get("vector", {}).get("mean_set_size")
         else:
             groups = figures.get("mean_over_groups", {})
             measured, size = groups.get("coverage"), groups.get("mean_set_size")

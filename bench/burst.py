@@ -66,7 +66,7 @@ async def burst(url: str, per_route: int, deadline_s: float) -> dict:
         stop.set()
         await prober
     ok = [a for a in answers if a["status"] == 200]
-    refused = [a for a in answers if a["status"] == 503]
+    refused = [a for a in answers if a["status"] in (429, 503)]  # over the key's quota, or the server's capacity
     return {
         "requests": len(answers),
         "statuses": {str(s): sum(a["status"] == s for a in answers) for s in sorted({a["status"] for a in answers})},

@@ -64,6 +64,7 @@ class KeyQuota:
             return await _answer(send, 401, "missing or invalid API key", {b"www-authenticate": b"Bearer"})
         if self.inflight[key] >= self.limit(key):
             ERRORS.labels("other", "quota").inc()
+            await _discard_body(receive, DISCARD_LIMIT)  # unparsed: a client that writes first still reads the 429
             retry = str(self._retry_after(scope)).encode()
             detail = f"this key already has {self.inflight[key]} requests in flight (its limit); retry later"
             return await _answer(send, 429, detail, {b"retry-after": retry})

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import time
 from collections import Counter
 
 from service.metrics import ERRORS
+from service.security import bearer, match_key
 from service.settings import Settings
 
 PROTECTED_PREFIXES = ("/classify/", "/v1/models")
@@ -25,23 +25,6 @@ DISCARD_SECONDS = 1.0
 def fingerprint(key: str) -> str:
     """How settings and logs name a key: the first 12 hex digits of its sha256."""
     return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def bearer(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The token of the first Authorization header, if it is a bearer one."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip().encode() if scheme.lower() == "bearer" else b""
-    return b""
-
-
-def match_key(given: bytes, keys: list[str]) -> str | None:
-    found = None
-    for key in keys:  # every key compared, no early exit: timing does not tell which matched
-        if hmac.compare_digest(given, key.encode()):
-            found = key
-    return found
 
 
 class KeyQuota:

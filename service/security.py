@@ -15,18 +15,26 @@ BEARER = HTTPBearer(auto_error=False, description="One of the server's SECCLF_AP
 Declared = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
 
+def bearer(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The token of the first Authorization header (raw ASGI headers), if it is a bearer one."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip().encode() if scheme.lower() == "bearer" else b""
+    return b""
+
+
+def match_key(given: bytes, keys: list[str]) -> str | None:
+    found = None
+    for key in keys:  # every key compared, no early exit: timing does not tell which (or which prefix) matched
+        if hmac.compare_digest(given, key.encode()):
+            found = key
+    return found
+
+
 def require_api_key(request: Request, _declared: Declared = None) -> None:
     keys: list[str] = request.app.state.settings.api_key_list
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    given = token.strip().encode() if scheme.lower() == "bearer" else b""
-    # compare against every key, no early exit: timing does not reveal which key (or prefix) matched
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given, key.encode())
-    if not ok:
+    if keys and match_key(bearer(request.scope.get("headers") or []), keys) is None:
         raise Unauthorized("missing or invalid API key")
 
 

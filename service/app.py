@@ -191,7 +191,12 @@ def create_app(settings: Settings | None = None, model_classes: dict[str, type] 
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
         )
-    app.add_middleware(BodyLimit, max_bytes=s.body_limit_bytes, timeout_s=s.http_body_timeout_s)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=s.body_limit_bytes,
+        timeout_s=s.http_body_timeout_s,
+        path_limits={"/classify/attack/report": s.report_body_limit_bytes},
+    )
     app.add_middleware(KeyQuota, settings=s)  # before the body is read: strangers and keys over quota cost no parsing
     # outermost: every answer, a 413 or 408 from BodyLimit too, carries a request id and is counted
     app.add_middleware(RequestContext, routes=frozenset(r.path for r in app.routes if hasattr(r, "path")))

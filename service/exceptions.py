@@ -70,3 +70,15 @@ class EngineUnavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status = 504
+
+
+class PayloadTooLarge(InvalidInput):
+    """A document over a size limit (bytes, pages) that the route will not cut itself."""
+
+    status = 413
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A document whose content (magic bytes, not its name) is none of the kinds the route reads."""
+
+    status = 415

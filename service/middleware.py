@@ -22,16 +22,25 @@ class BodyLimit:
     """Rejects bodies over `max_bytes` with 413, by Content-Length or while reading a chunked body, and
     bodies not received within `timeout_s` with 408 (a Content-Length never filled holds no slot)."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, drain_limit: int = DRAIN_LIMIT_BYTES) -> None:
-        self.app, self.max_bytes, self.timeout_s, self.drain_limit = app, max_bytes, timeout_s, drain_limit
+    def __init__(
+        self,
+        app,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        drain_limit: int = DRAIN_LIMIT_BYTES,
+        path_limits: dict[str, int] | None = None,
+    ) -> None:
+        self.app, self.default_max, self.timeout_s, self.drain_limit = app, max_bytes, timeout_s, drain_limit
+        self.path_limits = path_limits or {}  # routes taking whole documents get their own limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.path_limits.get(scope.get("path", ""), self.default_max)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(receive, send, 0)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(receive, send, 0, limit)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True
@@ -46,14 +55,14 @@ class BodyLimit:
                 return
             body = msg.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                return await self._reject(receive, send, size, more)
+            if size > limit:
+                return await self._reject(receive, send, size, limit, more)
             chunks.append(body)
             more = msg.get("more_body", False)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
         return await _cancel_on_disconnect(self.app, scope, replay, receive, send)
 
-    async def _reject(self, receive, send, read: int, more: bool = True) -> None:
+    async def _reject(self, receive, send, read: int, limit: int, more: bool = True) -> None:
         while more and read <= self.drain_limit:  # bounded: a larger body ends in a closed connection
             msg = await receive()
             if msg["type"] == "http.disconnect":
@@ -61,7 +70,7 @@ class BodyLimit:
             read += len(msg.get("body", b""))
             more = msg.get("more_body", False)
         ERRORS.labels("other", "too_large").inc()
-        await _send_json(send, 413, f"request body larger than {self.max_bytes} bytes")
+        await _send_json(send, 413, f"request body larger than {limit} bytes")
 
 
 async def _cancel_on_disconnect(app, scope, replay: list[dict], receive, send) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.exceptions import DeadlineExceeded, InvalidInput, ModelNotReady, RouteDisabled
@@ -16,6 +17,10 @@ from service.models.attack import AttackModel
 from service.models.base import public_name
 from service.models.cvss import DEFAULT_ADAPTER, CvssModel
 from service.records import CveRecord, compare, parse_record
+from service.report import navigator, stix
+from service.report.intake import read_report
+from service.report.pipeline import analyse
+from service.report.protocol import ReportOptions, ReportRequest, ReportResult
 from service.schemas import (
     AttackBatchResponse,
     AttackRequest,
@@ -165,6 +170,52 @@ async def classify_attack(body: AttackRequest, models: ModelsDep, s: SettingsDep
         coverage=body.coverage,
     )
     return results[0] if body.text is not None else AttackBatchResponse(results=results)
+
+
+@router.post(
+    "/classify/attack/report",
+    responses={**ERRORS, 415: {"model": ErrorResponse}},
+    tags=["classify"],
+    dependencies=protected,
+    summary="ATT&CK techniques of a whole report (text, HTML or PDF), each with its evidence sentences",
+    description="A JSON body with `text` or `html`, or a multipart/form-data upload with a `file` part (PDF, "
+    "HTML or plain text, recognised by content) and the same options as form fields. `format`: json (the "
+    "schema below), navigator (an ATT&CK Navigator layer 4.5) or stix (a STIX 2.1 bundle).",
+    response_model=ReportResult,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ReportRequest.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            **ReportOptions.model_json_schema()["properties"],
+                        },
+                    }
+                },
+            },
+        }
+    },
+)
+async def classify_attack_report(request: Request, models: ModelsDep, s: SettingsDep):
+    attack = _require(models.attack, "ATT&CK", models)
+
+    async def work():
+        doc, options = await read_report(request, s)
+        _log_texts("/classify/attack/report", [doc.text], s)
+        return await analyse(attack, doc, options, s), options
+
+    result, options = await _deadline(work(), s)
+    if options.format == "navigator":
+        return JSONResponse(navigator.layer(result, attack.labels.catalogue))
+    if options.format == "stix":
+        return JSONResponse(stix.bundle(result, attack.labels.techniques), media_type=stix.MEDIA_TYPE)
+    return result
 
 
 @router.get("/healthz", tags=["ops"], dependencies=ops, summary="Liveness")

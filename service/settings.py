@@ -66,6 +66,17 @@ class Settings(BaseSettings):
         "(4 bytes a character at most) plus 64 KiB, so every request within the per-item limits is accepted",
     )
 
+    # Whole reports (POST /classify/attack/report, python -m service.report)
+    report_max_bytes: int = Field(20 * 1024 * 1024, description="A report's upload or JSON body, bytes (413 above)")
+    report_max_pages: int = Field(500, description="PDF pages (413 above)")
+    report_max_segments: int = Field(
+        2000, description="Sentences classified per report; past it the rest is left out and truncated is true"
+    )
+    report_extract_timeout_s: float = Field(20.0, description="PDF and HTML text extraction time (422 past it)")
+    report_extract_memory_mib: int = Field(
+        1024, description="Address space of the extraction process (a decompression bomb fails there, 422)"
+    )
+
     # Connection hygiene in the server itself (the reverse proxy in front should enforce the same: docker/nginx)
     http_header_timeout_s: float = Field(10.0, description="A request's line and headers must arrive within this (408)")
     http_body_timeout_s: float = Field(30.0, description="A request's body must arrive within this (408)")
@@ -136,6 +147,11 @@ class Settings(BaseSettings):
     @property
     def body_limit_bytes(self) -> int:
         return self.max_body_bytes or MAX_ITEMS * self.max_text_chars * 4 + 64 * 1024
+
+    @property
+    def report_body_limit_bytes(self) -> int:
+        """The report route's body: the document plus room for multipart headers or JSON escaping."""
+        return 2 * self.report_max_bytes + 64 * 1024
 
     @property
     def docs_enabled(self) -> bool:

@@ -324,11 +324,14 @@ def attack(
 
 @app.command()
 def evaluate(
-    task: Annotated[str, typer.Option(help="cvss or attack")],
+    task: Annotated[str, typer.Option(help="cvss, attack, or attack-report (whole reports, each group held out)")],
     artifact: Annotated[Path, typer.Option(help="Artifact folder")],
     data: Annotated[Path, typer.Option(help="CTI-VSP/NVD file or folder (cvss); CTI-HAL folder (attack)")],
     base_model: Annotated[str | None, typer.Option("--base-model", help="Override the manifest's base")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="attack-report: folder of the per-group fold scores (resumable)")
+    ] = None,
 ) -> None:
     """Score an artifact on examples it did not train on, beside TF-IDF+LR; plots into <artifact>/report/."""
     import json
@@ -342,8 +345,19 @@ def evaluate(
     from training.evaluation.report import format_report
 
     _setup_logging()
+    if task == "attack-report":
+        from training.attack.report_evaluate import evaluate_attack_report
+        from training.attack.report_evaluate import format_report as format_reports
+
+        try:
+            result = evaluate_attack_report(artifact, data, cache)
+        except (DataError, ArtifactError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from e
+        typer.echo(json.dumps(result, indent=2) if as_json else format_reports(result))
+        return
     if task not in ("cvss", "attack"):
-        raise typer.BadParameter("must be 'cvss' or 'attack'", param_hint="--task")
+        raise typer.BadParameter("must be 'cvss', 'attack' or 'attack-report'", param_hint="--task")
     try:
         report = (
             evaluate_cvss(artifact, [data], base_model)

@@ -271,6 +271,27 @@ class VllmModel(ABC, Generic[R]):
         """All texts are admitted or none (a request is never half-accepted); the engine batches them."""
         self.validate(**opts)
         level = None if coverage is None else self.conformal_level(coverage, **opts)
+        return await self._admitted(texts, lambda e: self.classify(e, min_confidence, level, **opts))
+
+    async def outputs_many(self, texts: Sequence[str], **opts: Any) -> list[tuple[Any, bool]]:
+        """(engine output, truncated) per text, admitted as `classify_many` admits: for callers that reduce
+        the outputs themselves (the report pipeline)."""
+        self.validate(**opts)
+        return await self._admitted(texts, lambda e: self._output(e, **opts))
+
+    async def _output(self, encoded: tuple[list[int], bool, float], **opts: Any) -> tuple[Any, bool]:
+        ids, truncated, preprocess_s = encoded
+        t1 = time.perf_counter()
+        out = await self.predict(ids, **opts)
+        STAGE_LATENCY.labels(self.task, "preprocess").observe(preprocess_s)
+        STAGE_LATENCY.labels(self.task, "predict").observe(time.perf_counter() - t1)
+        ITEMS.labels(self.task).inc()
+        INPUT_TOKENS.labels(self.task).observe(len(ids))
+        if truncated:
+            TRUNCATED.labels(self.task).inc()
+        return out, truncated
+
+    async def _admitted(self, texts: Sequence[str], work: Callable[[tuple[list[int], bool, float]], Any]) -> list:
         n = len(texts)
         if n > self.max_inflight:  # could never be accepted: retrying would not help
             raise InvalidInput(f"{n} texts exceed this server's in-flight limit of {self.max_inflight}")
@@ -284,7 +305,7 @@ class VllmModel(ABC, Generic[R]):
             # A TaskGroup, not gather: a failed text cancels its siblings (vLLM aborts them) and the slots are
             # released only once every text has left the engine, so `inflight` never undercounts.
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.classify(e, min_confidence, level, **opts)) for e in encoded]
+                tasks = [group.create_task(work(e)) for e in encoded]
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # the first failure is the request's answer
         finally:

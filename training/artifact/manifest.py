@@ -93,6 +93,7 @@ class Technique(_Strict):
     id: str
     name: str
     tactics: list[str]
+    stix_id: str | None = Field(None, description="The catalogue's STIX attack-pattern id (STIX exports reuse it)")
 
 
 class AttackLabels(_Strict):
@@ -179,6 +180,18 @@ class PriorCorrection(_Strict):
         return [-self.tau * prior[v] for v in values]
 
 
+class ReportPipeline(_Strict):
+    """ATT&CK: how a whole report becomes techniques (`evaluate --task attack-report` chooses it out of fold)."""
+
+    context: int = Field(0, ge=0, le=5, description="Neighbouring sentences of its paragraph read with each sentence")
+    prose_only: bool = Field(True, description="Classify only sentences that read as prose (not IoC lists)")
+    aggregation: Literal["max", "noisy_or"] = Field(
+        "max", description="Segment probabilities to one score per technique per report"
+    )
+    min_score: float = Field(0.5, gt=0, le=1, description="Default report-level threshold (chosen out of fold)")
+    chosen_on: str = Field("", description="How the settings and the threshold were chosen")
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -196,6 +209,7 @@ class Manifest(_Strict):
         description="CVSS: the logit shift applied at each decode step before the choice and the softmax",
     )
     conformal: Conformal | None = Field(None, description="Prediction-set thresholds, per offered coverage")
+    report: ReportPipeline | None = Field(None, description="ATT&CK: the whole-report pipeline's settings")
     hyperparameters: dict[str, Any]
     training_data: TrainingData
     metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics")

@@ -50,7 +50,10 @@ class Catalogue:
         return sorted(ts, key=lambda t: t["external_id"])
 
     def labels(self) -> list[Technique]:
-        return [Technique(id=t["external_id"], name=t["name"], tactics=t["tactics"]) for t in self.current_techniques()]
+        return [
+            Technique(id=t["external_id"], name=t["name"], tactics=t["tactics"], stix_id=t.get("stix_id"))
+            for t in self.current_techniques()
+        ]
 
     def remap(self, technique_id: str) -> str | None:
         """Current top-level id for any id: sub-technique -> parent, revoked -> replacement; else None."""

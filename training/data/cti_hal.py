@@ -7,6 +7,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.common import AttackExample, DataError
@@ -62,3 +63,48 @@ def load_cti_hal(
             reason = meta.get("description") if isinstance(meta.get("description"), str) else ""
             out.append(AttackExample(text, mapped, group, f.stem, rel.as_posix(), rationale=reason.strip()))
     return out, dropped
+
+
+@dataclass(frozen=True)
+class HalReport:
+    """One CTI-HAL file as a whole report: its distinct excerpts (labelled or not) joined in file order with
+    a blank line between, and the set of current top-level technique ids its annotations name."""
+
+    group: str
+    name: str  # the file, relative to the data root
+    text: str
+    truth: frozenset[str]
+
+
+def load_cti_hal_reports(root: Path, remap: Callable[[str], str | None]) -> list[HalReport]:
+    """Every CTI-HAL file under `root` rebuilt as a report (an excerpt repeated for a second label or by a
+    second annotator in the same file appears once); labels that do not map to a current technique are
+    left out of the truth, as training leaves them out."""
+    root = Path(root)
+    files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+    if not files:
+        raise DataError(f"{root}: no CTI-HAL *.json files found")
+    out = []
+    for f in files:
+        try:
+            items = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{f}: not a readable JSON file: {e}") from e
+        if not isinstance(items, list):
+            raise DataError(f"{f}: expected a list of annotated items, got {type(items).__name__}")
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        contexts: dict[str, None] = {}
+        truth = set()
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            text = (item.get("context") or "").strip()
+            if text:
+                contexts.setdefault(text)
+            tech = item.get("technique")
+            if isinstance(tech, str) and _TECH.match(tech.strip()) and (mapped := remap(tech.strip())):
+                truth.add(mapped)
+        if contexts:
+            group = rel.parts[0] if len(rel.parts) > 1 else f.parent.name
+            out.append(HalReport(group, rel.as_posix(), "\n\n".join(contexts), frozenset(truth)))
+    return out

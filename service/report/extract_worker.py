@@ -27,7 +27,7 @@ def main() -> int:
             raise ExtractionError(f"unknown kind {kind!r}")
         answer = {"text": text, "pages": pages}
     except ExtractionError as e:
-        answer = {"error": str(e)}
+        answer = {"error": str(e), "too_large": e.too_large}
     except MemoryError:
         answer = {"error": f"extracting the {kind} needs more than {memory_mib} MiB (a decompression bomb?)"}
     except RecursionError:

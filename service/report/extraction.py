@@ -117,5 +117,5 @@ async def _in_worker(kind: Kind, data: bytes, s: Settings) -> dict:
     except ValueError:
         answer = {"error": f"text extraction from the {kind} failed (it exceeded its memory or CPU limit)"}
     if "error" in answer:
-        raise InvalidInput(answer["error"])
+        raise (PayloadTooLarge if answer.get("too_large") else InvalidInput)(answer["error"])
     return answer

@@ -17,7 +17,12 @@ _HYPHEN_BREAK = re.compile(r"(?<=[a-z])-\n(?=[a-z])")  # a word hyphenated at a 
 
 
 class ExtractionError(ValueError):
-    """The document cannot give text: the message says why, for the client."""
+    """The document cannot give text: the message says why, for the client; `too_large` marks a document over
+    a size limit (413) rather than an unreadable one (422)."""
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
 
 
 def html_text(data: bytes) -> str:
@@ -44,7 +49,7 @@ def pdf_text(data: bytes, max_pages: int) -> tuple[str, int]:
     except PdfReadError as e:
         raise ExtractionError(f"not a readable PDF: {e}") from None
     if n > max_pages:
-        raise ExtractionError(f"the PDF has {n} pages; the limit is {max_pages}")
+        raise ExtractionError(f"the PDF has {n} pages; the limit is {max_pages}", too_large=True)
     pages = []
     for i, page in enumerate(reader.pages):
         try:
@@ -58,18 +63,19 @@ def pdf_text(data: bytes, max_pages: int) -> tuple[str, int]:
 
 
 def _paragraphs(page: str) -> str:
-    """A PDF page's lines joined into paragraphs: a line ending a sentence, or a blank line, ends one."""
-    page = _HYPHEN_BREAK.sub("", page.replace("\r\n", "\n"))
+    """A PDF page's lines joined into paragraphs. pypdf gives lines in reading order (columns one after
+    the other) but no paragraph breaks; a line clearly shorter than the page's usual line ends one (a
+    heading, a paragraph's last line), as does a blank line. A justified long line never does."""
+    lines = [_SPACES.sub(" ", line).strip() for line in _HYPHEN_BREAK.sub("", page.replace("\r\n", "\n")).split("\n")]
+    lengths = sorted(len(line) for line in lines if line)
+    if not lengths:
+        return ""
+    usual = lengths[(3 * len(lengths)) // 4]  # the upper quartile: a full line, whatever the headings
     out, current = [], []
-    for line in page.split("\n"):
-        line = _SPACES.sub(" ", line).strip()
-        if not line:
-            if current:
-                out.append(" ".join(current))
-                current = []
-            continue
-        current.append(line)
-        if line.endswith((".", "!", "?", ":")) and len(line) < 60:  # a short last line: the paragraph ends
+    for line in lines:
+        if line:
+            current.append(line)
+        if current and (not line or len(line) < 0.8 * usual):
             out.append(" ".join(current))
             current = []
     if current:

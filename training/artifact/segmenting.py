@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two or more letters
+_WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)*")  # a word: letters, maybe hyphenated ("attacker-controlled")
+_PUNCT = "\"'()[]{}<>.,;:!?“”‘’«»"
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,12 @@ def sentences(text: str) -> list[tuple[int, int, int]]:
 
 
 def is_prose(sentence: str, min_words: int = 4) -> bool:
-    """Whether a sentence reads as prose: at least `min_words` words of letters (IoC lists, hashes, URLs,
-    page numbers and bare headings do not), and words make up most of its characters."""
-    words = _WORD.findall(sentence)
-    return len(words) >= min_words and sum(map(len, words)) >= 0.5 * len(sentence.replace(" ", ""))
+    """Whether a sentence reads as prose: at least `min_words` of its whitespace-separated tokens are words
+    of letters, and words are at least half its tokens. IoC lists, hashes, URLs, file paths, page numbers
+    and short headings are not."""
+    tokens = sentence.split()
+    words = sum(1 for t in tokens if _WORD.fullmatch(t.strip(_PUNCT)))
+    return words >= min_words and words >= 0.5 * len(tokens)
 
 
 def units(text: str, context: int = 0, prose_only: bool = True) -> list[Unit]:

@@ -23,3 +23,13 @@ def inputs(data_dir: Path, n: int) -> tuple[list, list[str]]:
     hal, _ = load_cti_hal(data_dir / "cti-hal" / "data", catalogue().remap)
     texts = [e.text for e in hal if e.group not in seen] or [e.text for e in hal]
     return cves[:n], texts[: max(n, 64)]
+
+
+def report_inputs(data_dir: Path, n: int) -> list[str]:
+    """`n` whole CTI-HAL reports (as `evaluate --task attack-report` rebuilds them), largest first: the report
+    route's throughput is timed on the documents analysts send, not on single sentences."""
+    from training.attack.catalogue import catalogue
+    from training.data.cti_hal import load_cti_hal_reports
+
+    reports = load_cti_hal_reports(data_dir / "cti-hal" / "data", catalogue().remap)
+    return [r.text for r in sorted(reports, key=lambda r: -len(r.text))[:n]]

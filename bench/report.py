@@ -15,6 +15,10 @@ TARGETS = {
     "attack_c32_vs_vllm_classify": ("ATT&CK texts/s at c=32: service / vLLM api_server /classify", 0.95),
     "attack_p50_c1_microbatcher_over_ours": ("ATT&CK p50 at c=1: previous service / service (above 1: faster)", 1.0),
     "cvss_c16_vs_vllm_completions": ("CVSS desc/s at c=16: service / vLLM api_server /v1/completions", 1.0),
+    "report_route_vs_attack_batches_64": (
+        "report sentences/s: /classify/attack/report / the same sentences to /classify/attack in batches of 64",
+        0.9,
+    ),
 }
 
 
@@ -29,6 +33,20 @@ def table(r: dict) -> str:
     for key, value in r["ratios"].items():
         what, target = TARGETS[key]
         lines.append(f"| {what} | {value:.2f}× | ≥ {target}× | {'yes' if value >= target else 'no'} |")
+    if "reports" in r:
+        rep = r["reports"]
+        route, batches = rep["report_route"]["segments_per_s"], rep["attack_batches_64"]["segments_per_s"]
+        lines += [
+            "",
+            f"Reports: {rep['reports']} CTI-HAL reports, {rep['segments']} sentences (median of {r['repeats']})",
+            "",
+            "| path | sentences/s |",
+            "|---|---|",
+            f"| POST /classify/attack/report, one report at a time | {route:.1f} |",
+            f"| the same sentences, /classify/attack in batches of 64 | {batches:.1f} |",
+        ]
+    if "service" not in r:
+        return "\n".join(lines)
     lines += ["", "| server | route | concurrency | p50 s | p95 s | items/s |", "|---|---|---|---|---|---|"]
     rows = [("service", route, runs) for route, runs in r["service"].items()]
     rows += [

@@ -19,7 +19,7 @@ import httpx
 
 from bench import baselines
 from bench.harness import REPO, ServerProcess, machine
-from bench.inputs import ATTACK_ART, CVSS_ART, inputs
+from bench.inputs import ATTACK_ART, CVSS_ART, inputs, report_inputs
 from bench.load import run_concurrent
 from bench.report import plot, table
 
@@ -116,9 +116,56 @@ async def vllm_completion_runs(svc: ServerProcess, model: str, ids, manifest, to
         return {f"c{k}": await _measure(one, ids if k > 1 else ids[:16], k, repeats) for k in (1, 16)}
 
 
+async def report_runs(svc: ServerProcess, reports: list[str], repeats: int) -> dict:
+    """Whole reports through POST /classify/attack/report, one at a time, against the same sentences (the
+    pipeline's own segmentation and settings) sent to /classify/attack in batches of 64, one batch at a
+    time; alternated, in the same service. Rates are sentences per second."""
+    import time
+
+    from service.report.pipeline import segment
+    from training.artifact.manifest import ReportPipeline, load_manifest
+
+    pipeline = load_manifest(ATTACK_ART).report or ReportPipeline()
+    segments = [[u.text for u in segment(t, pipeline, 10**9)[0]] for t in reports]
+    n = sum(map(len, segments))
+    async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
+
+        async def route() -> None:
+            for text in reports:
+                r = await c.post("/classify/attack/report", json={"text": text})
+                r.raise_for_status()
+
+        async def batches() -> None:
+            flat = [t for seg in segments for t in seg]
+            for i in range(0, len(flat), 64):
+                r = await c.post("/classify/attack", json={"texts": flat[i : i + 64], "top_k": 1})
+                r.raise_for_status()
+
+        await route()  # warm both paths
+        await batches()
+        runs: dict[str, list[float]] = {"report_route": [], "attack_batches_64": []}
+        for _ in range(repeats):
+            for name, call in (("report_route", route), ("attack_batches_64", batches)):
+                t0 = time.perf_counter()
+                await call()
+                runs[name].append(n / (time.perf_counter() - t0))
+    return {
+        "reports": len(reports),
+        "segments": n,
+        **{k: {"segments_per_s": sorted(v)[len(v) // 2], "repeats": v} for k, v in runs.items()},
+    }
+
+
+def _report_ratio(r: dict) -> float:
+    rep = r["reports"]
+    return rep["report_route"]["segments_per_s"] / rep["attack_batches_64"]["segments_per_s"]
+
+
 def ratios(r: dict) -> dict:
     """ours / theirs (latency rows: theirs / ours, so above 1 is better everywhere)."""
-    s, out = r["service"], {}
+    s, out = r.get("service", {}), {}
+    if "attack" not in s:  # --reports-only
+        return {"report_route_vs_attack_batches_64": _report_ratio(r)} if "reports" in r else {}
     a32 = s["attack"]["c32"]["items_per_s"]
     if "microbatcher_service" in r:
         old = r["microbatcher_service"]
@@ -127,6 +174,8 @@ def ratios(r: dict) -> dict:
     out["attack_c32_vs_offline_torch_batch"] = a32 / r["attack_offline_torch"]["items_per_s"]
     if "vllm_classify" in r:
         out["attack_c32_vs_vllm_classify"] = a32 / r["vllm_classify"]["c32"]["items_per_s"]
+    if "reports" in r:
+        out["report_route_vs_attack_batches_64"] = _report_ratio(r)
     if "vllm_completions" in r and "cvss" in s:
         out["cvss_c16_vs_vllm_completions"] = (
             s["cvss"]["c16"]["items_per_s"] / r["vllm_completions"]["c16"]["items_per_s"]
@@ -143,6 +192,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--attack-only", action="store_true", help="only the ATT&CK comparisons (file suffix -attack)")
     ap.add_argument("--seed-method", action="store_true", help="also compare with the seed's 8-prompt CVSS method")
+    ap.add_argument("--reports", type=int, default=8, help="CTI-HAL reports for the report-route comparison")
+    ap.add_argument(
+        "--reports-only", action="store_true", help="only the report-route comparison (file suffix -reports)"
+    )
     args = ap.parse_args()
     examples, texts = inputs(args.data_dir, args.n)
     cves = [] if args.attack_only else [e.description for e in examples]
@@ -159,14 +212,19 @@ def main() -> None:
     from training.artifact.manifest import load_manifest
 
     s = Settings()
-    svc = ServerProcess.service(port=args.port)
+    reports = report_inputs(args.data_dir, args.reports)
+    svc = ServerProcess.service({"SECCLF_CVSS_ARTIFACT": ""} if args.reports_only else {}, port=args.port)
     try:
         r["cold_start_s"] = svc.wait_ready()
         r["startup_seconds"] = httpx.get(svc.url + "/v1/models", timeout=30).json().get("startup_seconds", {})
-        r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats))
-        r["peak_rss_mb"] = svc.peak_rss / 2**20  # the service with both engines
+        if not args.reports_only:
+            r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats))
+            r["peak_rss_mb"] = svc.peak_rss / 2**20  # the service with both engines
+        r["reports"] = asyncio.run(report_runs(svc, reports, args.repeats))
     finally:
         svc.stop()
+    if args.reports_only:
+        return _write(r, args.out, "-reports")
     r["attack_offline_torch"] = baselines.attack_offline_torch(texts, ATTACK_ART, args.repeats)
     with baselines.microbatcher_service(ATTACK_ART, args.port) as old:
         r["microbatcher_service"] = asyncio.run(microbatcher_runs(old, texts, args.repeats))
@@ -187,12 +245,17 @@ def main() -> None:
             from bench.seed_method import compare
 
             r["cvss_methods"] = compare(examples, args.repeats)
+    _write(r, args.out, "-attack" if args.attack_only else "")
+
+
+def _write(r: dict, out: Path, suffix: str) -> None:
     r["ratios"] = ratios(r)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{r['machine']}-{r['date']}{'-attack' if args.attack_only else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{r['machine']}-{r['date']}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2))
     stem.with_suffix(".md").write_text(table(r) + "\n")
-    plot(r, stem.with_suffix(".png"))
+    if "service" in r:
+        plot(r, stem.with_suffix(".png"))
     print(table(r))
 
 

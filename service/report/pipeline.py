@@ -16,7 +16,7 @@ from service.models.attack import AttackModel
 from service.report.extraction import Extracted
 from service.report.protocol import DocumentInfo, Evidence, ReportOptions, ReportResult, ReportTechnique
 from service.schemas import check_text
-from service.settings import Settings
+from service.settings import MAX_ITEMS, Settings
 from training.artifact.aggregating import techniques
 from training.artifact.manifest import ReportPipeline
 from training.artifact.segmenting import Unit, units
@@ -39,22 +39,39 @@ def segment(text: str, p: ReportPipeline, limit: int) -> tuple[list[Unit], bool]
     return found[:limit], len(found) > limit
 
 
-async def probabilities(model: AttackModel, texts: Sequence[str]) -> np.ndarray:
-    """[len(texts), labels] calibrated probabilities, in chunks the model admits. A later chunk that finds the
-    service busy waits for room (the request's deadline still bounds it) rather than waste the chunks done."""
-    chunk = max(1, model.max_inflight)
-    rows: list[np.ndarray] = []
-    for start in range(0, len(texts), chunk):
+async def probabilities(model: AttackModel, texts: Sequence[str], window: int = 4) -> np.ndarray:
+    """[len(texts), labels] calibrated probabilities, in chunks of one request's size, `window` chunks in flight
+    so the engine's batch never drains between them. Each chunk is admitted like a request of its own; the
+    first is refused at once when the service is busy (a 503 before any work), later ones wait for room (the
+    request's deadline still bounds them) rather than waste the chunks done."""
+    size = max(1, min(model.max_inflight, MAX_ITEMS))
+    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+    out: list[list] = [[] for _ in chunks]
+
+    async def run(k: int, wait: bool) -> None:
         while True:
             try:
-                outputs = await model.outputs_many(texts[start : start + chunk])
-                break
+                out[k] = [o.float().numpy() for o, _ in await model.outputs_many(chunks[k])]
+                return
             except Overloaded as e:
-                if start == 0:
+                if not wait:
                     raise
                 await asyncio.sleep(min(e.retry_after_s, 1))
-        rows.extend(out.float().numpy() for out, _ in outputs)
-    return np.stack(rows).astype(np.float64)
+
+    await run(0, wait=False)
+    slots = asyncio.Semaphore(window)
+
+    async def later(k: int) -> None:
+        async with slots:
+            await run(k, wait=True)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for k in range(1, len(chunks)):
+                group.create_task(later(k))
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return np.stack([row for rows in out for row in rows]).astype(np.float64)
 
 
 async def analyse(model: AttackModel, doc: Extracted, opts: ReportOptions, s: Settings) -> ReportResult:

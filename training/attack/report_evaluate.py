@@ -26,7 +26,7 @@ from training.attack.report_folds import CONTEXTS, load_group, score_folds, unit
 from training.data.cti_hal import HalReport, load_cti_hal_reports
 
 log = logging.getLogger(__name__)
-THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.01), 2)
+THRESHOLDS = np.round(np.arange(0.01, 0.96, 0.01), 2)
 DEFAULT_CACHE = Path("runs/attack-report-folds")
 
 

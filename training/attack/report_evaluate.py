@@ -41,8 +41,12 @@ class Setting:
         return int(self.units.removeprefix("context"))
 
 
-SETTINGS = [Setting(f"context{c}", p, a) for c, p, a in itertools.product(CONTEXTS, (True, False), AGGREGATIONS)]
-# compared, not chosen from: whole paragraphs as units (their evidence would be a paragraph, not a sentence)
+# chosen from: sentences with 0-2 neighbours of context, prose only (CTI-HAL's excerpts hold almost no
+# indicator lists or page furniture, real reports do: `boilerplate_check` measures what the filter saves)
+SETTINGS = [Setting(f"context{c}", True, a) for c, a in itertools.product(CONTEXTS, AGGREGATIONS)]
+# compared, not chosen from: the same without the prose filter; whole paragraphs as units (their evidence
+# would be a paragraph, not a sentence)
+NO_FILTER = [Setting(f"context{c}", False, a) for c, a in itertools.product(CONTEXTS, AGGREGATIONS)]
 PARAGRAPHS = [Setting("paragraph", False, a) for a in AGGREGATIONS]
 
 
@@ -116,6 +120,35 @@ def leave_group_out(scored: Scored, settings: list[Setting]) -> dict:
     }
 
 
+def boilerplate_check(artifact: Path, pipeline: ReportPipeline) -> dict:
+    """Techniques a report made only of `BOILERPLATE` lines gets at the chosen threshold, with the prose filter
+    and without it: every one is a false positive. Scored by the shipped model (none of these lines is a
+    training row), calibrated by its temperature."""
+    from training.artifact.loading import base_for, load_attack_classifier, load_tokenizer, pick_device, pick_dtype
+    from training.attack.predict import attack_logits
+    from training.attack.report_boilerplate import BOILERPLATE
+
+    manifest = load_manifest(artifact)
+    device = pick_device()
+    base = base_for(manifest)
+    tok = load_tokenizer(base)
+    model = load_attack_classifier(artifact, manifest, base, tok.pad_token_id, device, pick_dtype(device))
+    probs = softmax(attack_logits(model, tok, manifest, BOILERPLATE).numpy() / manifest.temperature, axis=1)
+    prose = np.array([is_prose(line) for line in BOILERPLATE])
+    labels = [t.id for t in manifest.labels.techniques]
+
+    def found(rows: np.ndarray) -> list[str]:
+        scores = aggregate(rows, pipeline.aggregation) if len(rows) else np.zeros(len(labels))
+        return [labels[j] for j in np.flatnonzero(scores >= pipeline.min_score)]
+
+    return {
+        "lines": len(BOILERPLATE),
+        "lines_read_as_prose": int(prose.sum()),
+        "false_techniques_without_filter": found(probs),
+        "false_techniques_with_filter": found(probs[prose]),
+    }
+
+
 def _probabilities(reports, cache: Path, labels: list[str], temperatures: dict[str, float]):
     """unit text -> calibrated model probabilities, and -> baseline probabilities, over every group."""
     model, baseline = {}, {}
@@ -155,6 +188,7 @@ def evaluate_attack_report(artifact: Path, data: Path, cache: Path | None = None
         "groups": sorted({r.group for r in reports}),
         "model": leave_group_out(model, SETTINGS),
         "tfidf_logreg": leave_group_out(base, SETTINGS),
+        "no_prose_filter": leave_group_out(model, NO_FILTER),
         "paragraph_units": leave_group_out(model, PARAGRAPHS),
     }
     every = list(range(len(reports)))
@@ -171,7 +205,8 @@ def evaluate_attack_report(artifact: Path, data: Path, cache: Path | None = None
             "groups, each scored by a model that never trained on its group (python -m training evaluate "
             "--task attack-report)",
         )
-        keep = ("model", "tfidf_logreg", "paragraph_units")
+        result["boilerplate"] = boilerplate_check(artifact, pipeline)
+        keep = ("model", "tfidf_logreg", "no_prose_filter", "paragraph_units", "boilerplate")
         metrics = {**manifest.metrics, "report": {k: v for k, v in result.items() if k in keep}}
         update_manifest(artifact, manifest.model_copy(update={"report": pipeline, "metrics": metrics}))
     return result
@@ -182,6 +217,7 @@ def format_report(result: dict) -> str:
     rows = [
         ("model (whole-report pipeline)", result["model"]["mean"]),
         ("TF-IDF + LR (same pipeline)", result["tfidf_logreg"]["mean"]),
+        ("same, without the prose filter", result["no_prose_filter"]["mean"]),
         ("paragraphs as units (model)", result["paragraph_units"]["mean"]),
         ("regex sentences, every top-1 (model)", result["model"]["floor_mean"]),
     ]
@@ -197,6 +233,13 @@ def format_report(result: dict) -> str:
         out.append(
             f"  {g:14s} P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f} | {b['f1']:.3f}"
             f"  ({m['units']}, {m['aggregation']}, prose only {m['prose_only']}, min_score {m['min_score']})"
+        )
+    if "boilerplate" in result:
+        b = result["boilerplate"]
+        out.append(
+            f"a report of {b['lines']} boilerplate lines (IoCs, references, legal, navigation): "
+            f"{len(b['false_techniques_without_filter'])} techniques without the prose filter, "
+            f"{len(b['false_techniques_with_filter'])} with it ({b['lines_read_as_prose']} lines read as prose)"
         )
     c = result["chosen"]
     out.append(

@@ -74,14 +74,20 @@ async def probabilities(model: AttackModel, texts: Sequence[str], window: int = 
     return np.stack([row for rows in out for row in rows]).astype(np.float64)
 
 
-async def analyse(model: AttackModel, doc: Extracted, opts: ReportOptions, s: Settings) -> ReportResult:
-    text = doc.text
+def _prepare(text: str, p: ReportPipeline, limit: int) -> tuple[list[Unit], bool, str]:
+    """Checks, segmentation and the text's hash: the CPU-bound part before the engine, run off the loop."""
     try:
         check_text(text)
     except ValueError as e:
         raise InvalidInput(f"the document's text {e}") from None
+    found, truncated = segment(text, p, limit)
+    return found, truncated, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def analyse(model: AttackModel, doc: Extracted, opts: ReportOptions, s: Settings) -> ReportResult:
+    text = doc.text
     p = pipeline_of(model)
-    found_units, truncated = await asyncio.to_thread(segment, text, p, s.report_max_segments)
+    found_units, truncated, digest = await asyncio.to_thread(_prepare, text, p, s.report_max_segments)
     if not found_units:
         raise InvalidInput("the document holds no sentence to classify")
     probs = await probabilities(model, [u.text for u in found_units])
@@ -103,7 +109,7 @@ async def analyse(model: AttackModel, doc: Extracted, opts: ReportOptions, s: Se
     return ReportResult(
         techniques=out,
         segments=len(found_units),
-        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        text_sha256=digest,
         truncated=truncated,
         min_score=min_score,
         aggregation=p.aggregation,

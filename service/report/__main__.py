@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     reaper.start()  # a kill -9 of this process leaves no engine process behind
     progress = not args.no_progress and os.environ.get("SECCLF_NO_PROGRESS") != "1"
     outcome = asyncio.run(run(todo, args.out, options, progress))
+    gc.collect()  # the engine client's finalizer runs now, not at interpreter teardown (a spurious traceback)
     failed = {f: msg for f, msg in outcome.items() if msg != "ok"}
     for f, msg in failed.items():
         print(f"{f}: {msg}", file=sys.stderr)

@@ -21,7 +21,7 @@ from scipy.special import softmax
 
 from training.artifact.aggregating import AGGREGATIONS, aggregate
 from training.artifact.manifest import ReportPipeline, load_manifest, update_manifest
-from training.artifact.segmenting import is_prose
+from training.artifact.segmenting import units
 from training.attack.report_folds import CONTEXTS, load_group, score_folds, unit_texts
 from training.data.cti_hal import HalReport, load_cti_hal_reports
 
@@ -67,12 +67,13 @@ class Scored:
     def __init__(self, reports: list[HalReport], probs_of: dict[str, np.ndarray], labels: list[str]) -> None:
         self.reports, self.labels = reports, labels
         self.units = [unit_texts(r) for r in reports]
+        self._prose = [{(u.start, u.end) for u in units(r.text, 0, True)} for r in reports]
         self.probs_of = probs_of  # unit text -> calibrated probabilities
         self._scores: dict[tuple[Setting, int], np.ndarray] = {}
 
     def unit_probs(self, i: int, variant: str, prose_only: bool = False) -> np.ndarray:
-        text = self.reports[i].text
-        rows = [self.probs_of[t] for a, b, t in self.units[i][variant] if not prose_only or is_prose(text[a:b])]
+        keep = self._prose[i] if prose_only else None  # the service's own filter, by sentence span
+        rows = [self.probs_of[t] for a, b, t in self.units[i][variant] if keep is None or (a, b) in keep]
         return np.stack(rows) if rows else np.zeros((0, len(self.labels)))
 
     def scores(self, s: Setting, i: int) -> np.ndarray:
@@ -134,7 +135,7 @@ def boilerplate_check(artifact: Path, pipeline: ReportPipeline) -> dict:
     tok = load_tokenizer(base)
     model = load_attack_classifier(artifact, manifest, base, tok.pad_token_id, device, pick_dtype(device))
     probs = softmax(attack_logits(model, tok, manifest, BOILERPLATE).numpy() / manifest.temperature, axis=1)
-    prose = np.array([is_prose(line) for line in BOILERPLATE])
+    prose = np.array([bool(units(line, 0, True)) for line in BOILERPLATE])  # each line a paragraph of its own
     labels = [t.id for t in manifest.labels.techniques]
 
     def found(rows: np.ndarray) -> list[str]:

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,22 @@ from training.data.common import AttackExample, DataError
 
 log = logging.getLogger(__name__)
 _TECH = re.compile(r"^T\d{4}(\.\d{3})?$")
+
+
+def _files(root: Path) -> Iterator[tuple[Path, Path, str, list]]:
+    """(file, path relative to `root`, threat group, its items) of every CTI-HAL file under `root`."""
+    files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+    if not files:
+        raise DataError(f"{root}: no CTI-HAL *.json files found")
+    for f in files:
+        try:
+            items = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{f}: not a readable JSON file: {e}") from e
+        if not isinstance(items, list):
+            raise DataError(f"{f}: expected a list of annotated items, got {type(items).__name__}")
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        yield f, rel, rel.parts[0] if len(rel.parts) > 1 else f.parent.name, items
 
 
 def load_cti_hal(
@@ -26,21 +42,9 @@ def load_cti_hal(
     by label. A malformed technique id (e.g. '1036', 'T027' in the published data) stops loading
     when `strict`, else is logged with its file and item, counted as `malformed:<id>` and skipped.
     """
-    root = Path(root)
-    files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
-    if not files:
-        raise DataError(f"{root}: no CTI-HAL *.json files found")
     out: list[AttackExample] = []
     dropped: Counter[str] = Counter()
-    for f in files:
-        try:
-            items = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{f}: not a readable JSON file: {e}") from e
-        if not isinstance(items, list):
-            raise DataError(f"{f}: expected a list of annotated items, got {type(items).__name__}")
-        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
-        group = rel.parts[0] if len(rel.parts) > 1 else f.parent.name
+    for f, rel, group, items in _files(Path(root)):
         for i, item in enumerate(items):
             where = f"{f}: item {i}"
             if not isinstance(item, dict) or "context" not in item or "technique" not in item:
@@ -80,19 +84,8 @@ def load_cti_hal_reports(root: Path, remap: Callable[[str], str | None]) -> list
     """Every CTI-HAL file under `root` rebuilt as a report (an excerpt repeated for a second label or by a
     second annotator in the same file appears once); labels that do not map to a current technique are
     left out of the truth, as training leaves them out."""
-    root = Path(root)
-    files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
-    if not files:
-        raise DataError(f"{root}: no CTI-HAL *.json files found")
     out = []
-    for f in files:
-        try:
-            items = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{f}: not a readable JSON file: {e}") from e
-        if not isinstance(items, list):
-            raise DataError(f"{f}: expected a list of annotated items, got {type(items).__name__}")
-        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+    for _, rel, group, items in _files(Path(root)):
         contexts: dict[str, None] = {}
         truth = set()
         for item in items:
@@ -105,6 +98,5 @@ def load_cti_hal_reports(root: Path, remap: Callable[[str], str | None]) -> list
             if isinstance(tech, str) and _TECH.match(tech.strip()) and (mapped := remap(tech.strip())):
                 truth.add(mapped)
         if contexts:
-            group = rel.parts[0] if len(rel.parts) > 1 else f.parent.name
             out.append(HalReport(group, rel.as_posix(), "\n\n".join(contexts), frozenset(truth)))
     return out

@@ -61,12 +61,15 @@ def microbatcher_service(artifact: Path, port: int | None = None) -> Iterator[Se
         check=True,
         capture_output=True,
     )
-    # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`,
+    # The same weights, under a manifest that the older (strict) schema accepts: it predates `conformal`, `report`,
     # the base model's `revision` (unset here) and its `files_sha256` (SECCLF_BASE_MODEL skips the check).
     legacy = tmp / "artifact"
     shutil.copytree(artifact, legacy, ignore=shutil.ignore_patterns(CARD_FILE))  # no model cards back then
     manifest = json.loads((legacy / MANIFEST_FILE).read_text())
     manifest.pop("conformal", None)
+    manifest.pop("report", None)  # the whole-report settings came later too, as did the labels' STIX ids
+    for t in manifest["labels"].get("techniques", []):
+        t.pop("stix_id", None)
     manifest["base_model"].pop("files_sha256", None)
     if manifest["base_model"].get("revision") is None:
         manifest["base_model"].pop("revision", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import numpy as np
 import pytest
 
@@ -25,8 +26,8 @@ def _techniques(body: dict) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def as_text(client) -> dict:
-    r = client.post(ROUTE, json={"text": TEXT, "min_score": MIN_SCORE, "top_evidence": 3})
+def as_text(service) -> dict:
+    r = httpx.post(service.url + ROUTE, json={"text": TEXT, "min_score": MIN_SCORE, "top_evidence": 3}, timeout=300)
     assert r.status_code == 200, r.text
     return r.json()
 

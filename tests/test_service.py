@@ -211,6 +211,7 @@ def test_unknown_paths_do_not_grow_metric_series(client):
     assert {re.search(r'route="([^"]*)"', ln).group(1) for ln in series} <= {
         "/classify/cvss",
         "/classify/attack",
+        "/classify/attack/report",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -78,6 +78,10 @@ def test_a_report_as_text_as_a_web_page_and_as_a_pdf_gives_the_same_sentences():
     assert len(expected) == 12
     assert prose_sentences(html.text) == expected
     assert prose_sentences(pdf.text) == expected
+    # and each sentence has the same neighbours (paragraphs too survive extraction), so reads the same context
+    with_context = [u.text for u in units(TEXT, 1, True)]
+    assert [u.text for u in units(html.text, 1, True)] == with_context
+    assert [u.text for u in units(pdf.text, 1, True)] == with_context
     # the page's navigation, cookie banner, scripts, sidebar and footer are not in the text
     for chrome in ("Customer login", "cookies", "dataLayer", "Related posts", "newsletter", "All rights reserved"):
         assert chrome not in html.text

@@ -72,10 +72,14 @@ def _paragraphs(page: str) -> str:
         return ""
     usual = lengths[(3 * len(lengths)) // 4]  # the upper quartile: a full line, whatever the headings
     out, current = [], []
-    for line in lines:
+    for i, line in enumerate(lines):
         if line:
             current.append(line)
-        if current and (not line or len(line) < 0.8 * usual):
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        # a short line after a sentence's end is a heading: the paragraph ends before it
+        heading_next = line.endswith((".", "!", "?")) and following and len(following) < 0.8 * usual
+        heading_next = heading_next and not following.endswith((".", "!", "?", ":"))
+        if current and (not line or len(line) < 0.8 * usual or heading_next):
             out.append(" ".join(current))
             current = []
     if current:

@@ -18,6 +18,8 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
         "4",
         "--repeats",
         "1",
+        "--reports",
+        "2",
         "--port",
         str(free_port()),
         "--out",
@@ -38,7 +40,9 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
         "attack_c32_vs_offline_torch_batch",
         "attack_c32_vs_vllm_classify",
         "cvss_c16_vs_vllm_completions",
+        "report_route_vs_attack_batches_64",
     }
+    assert result["reports"]["reports"] == 2 and result["reports"]["segments"] > 0
     assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 300  # two engines: two model copies
     assert result_file.with_suffix(".md").read_text().count("|") > 20
     assert result_file.with_suffix(".png").stat().st_size > 1000

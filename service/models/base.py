@@ -237,9 +237,7 @@ class VllmModel(ABC, Generic[R]):
         level: ConformalLevel | None = None,
         **opts: Any,
     ) -> R:
-        ids, truncated, preprocess_s = encoded
-        t1 = time.perf_counter()
-        out = await self.predict(ids, **opts)
+        out, truncated = await self._output(encoded, **opts)  # predict, with the per-text counters
         t2 = time.perf_counter()
         result = self.postprocess(out, truncated, **opts)
         if min_confidence is not None:
@@ -249,13 +247,7 @@ class VllmModel(ABC, Generic[R]):
         if level is not None:
             for field, size in self.add_prediction_set(out, result, level):
                 SET_SIZE.labels(self.task, field, f"{level.coverage:g}").observe(size)
-        t3 = time.perf_counter()
-        for stage, seconds in (("preprocess", preprocess_s), ("predict", t2 - t1), ("postprocess", t3 - t2)):
-            STAGE_LATENCY.labels(self.task, stage).observe(seconds)
-        ITEMS.labels(self.task).inc()
-        INPUT_TOKENS.labels(self.task).observe(len(ids))
-        if truncated:
-            TRUNCATED.labels(self.task).inc()
+        STAGE_LATENCY.labels(self.task, "postprocess").observe(time.perf_counter() - t2)
         for field, label, confidence in self.top_choices(result):
             TOP1_CONFIDENCE.labels(self.task, field).observe(confidence)
             PREDICTED.labels(self.task, label).inc()

@@ -16,15 +16,13 @@ from training.artifact.manifest import Technique
 
 MEDIA_TYPE = "application/stix+json;version=2.1"
 ATTACK_URL = "https://attack.mitre.org/techniques/{}/"
-_NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # RFC 4122 URL namespace
 
 
 def _pattern(t: Technique, identity: str) -> stix2.AttackPattern:
-    kw = (
-        {"id": t.stix_id} if t.stix_id else {"id": f"attack-pattern--{uuid.uuid5(_NAMESPACE, ATTACK_URL.format(t.id))}"}
-    )
+    # a manifest without the catalogue's id: a stable one of our own, so repeated exports merge
+    stix_id = t.stix_id or f"attack-pattern--{uuid.uuid5(uuid.NAMESPACE_URL, ATTACK_URL.format(t.id))}"
     return stix2.AttackPattern(
-        **kw,
+        id=stix_id,
         name=t.name,
         external_references=[{"source_name": "mitre-attack", "external_id": t.id, "url": ATTACK_URL.format(t.id)}],
         kill_chain_phases=[{"kill_chain_name": "mitre-attack", "phase_name": p} for p in t.tactics],

@@ -90,7 +90,7 @@ class ServerProcess:
                     return time.perf_counter() - self.t0
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)  # cold starts are reported to the tenth of a second
         raise TimeoutError(f"not ready in {timeout}s:\n{self.log_tail()}")
 
     def rss(self) -> int:

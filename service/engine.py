@@ -70,6 +70,11 @@ def start_engine(model: str, metrics_name: str, s: Settings, kv_cache_gib: float
 
     if not on_gpu():
         bind_cpu_threads(s.cpu_threads_bind)
+        if s.tensor_parallel_size == 1:
+            # vLLM's CPU platform turns "uni" back into a separate worker process unless this is 0; it only
+            # changes the synchronous LLM (which this service does not use) otherwise. One process per engine
+            # instead of two: ~20 s less of start-up on 2 cores, and no IPC hop per step.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args = AsyncEngineArgs(
         model=model,
         dtype=engine_dtype(s),
@@ -82,7 +87,7 @@ def start_engine(model: str, metrics_name: str, s: Settings, kv_cache_gib: float
         trust_remote_code=False,
         revision=revision_of(model),  # a hub id served directly (LoRA mode) loads at its pinned revision
         # one device: the worker runs inside the engine-core process instead of a process of its own (one
-        # spawn and one round of imports less per engine at start-up)
+        # spawn and one round of imports less per engine at start-up; on a CPU see above)
         distributed_executor_backend="uni" if s.tensor_parallel_size == 1 else None,
         **extra,
     )

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
         description="VLLM_CPU_OMP_THREADS_BIND. auto: every core on machines with <= 4 cores (vLLM's own "
         "auto keeps one core for its scheduler: half of a 2-core machine), vLLM's auto above that",
     )
-    cache_dir: Path = Field(REPO_ROOT / "models" / "cache", description="Merged-model cache (safe to delete)")
+    cache_dir: Path = Field(
+        REPO_ROOT / "models" / "cache", description="Folded models and capacity measurements (safe to delete)"
+    )
 
     # Input limits (the request schemas take MAX_ITEMS from here)
     max_text_chars: int = Field(20_000, description="Characters per text (422 above)")
@@ -88,6 +90,11 @@ class Settings(BaseSettings):
     )
 
     warmup: bool = True
+    capacity_cache: bool = Field(
+        True,
+        description="Reuse an earlier start's capacity measurement (same model, engine settings and machine; "
+        "kept in cache_dir/capacity) instead of timing the probe texts again; false measures at every start",
+    )
     warmup_timeout_s: float = Field(600.0, description="Start-up fails (exit 3) if the warm-up request takes longer")
     drain_timeout_s: float = Field(
         150.0, description="On SIGTERM, in-flight requests get this long to finish (above the request deadline)"

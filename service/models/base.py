@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from service import capacity_cache
 from service.admission import WorkBudget
+from service.engine import engine_dtype
 from service.exceptions import EngineUnavailable, InvalidInput, Overloaded, quoted
 from service.metrics import (
     ABSTAINED,
@@ -35,6 +37,19 @@ from training.artifact.manifest import ArtifactError, ConformalLevel, Manifest, 
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+# the settings that change an engine's work per text (with the dtype it resolves to)
+ENGINE_SETTINGS = {
+    "max_text_chars",
+    "max_model_len",
+    "max_num_seqs",
+    "enforce_eager",
+    "tensor_parallel_size",
+    "cvss_merge_adapter",
+    "cvss_extra_adapters",
+    "cvss_kv_cache_gib",
+    "attack_kv_cache_gib",
+    "cpu_threads_bind",
+}
 
 
 def public_name(name_or_path: str) -> str:
@@ -120,21 +135,47 @@ class VllmModel(ABC, Generic[R]):
         """Texts one request may bring, and the limit on texts in flight when the operator set one."""
         return self.configured_inflight or self.capacity
 
-    async def measure_capacity(self, probes: list[str]) -> None:
-        """Time the longest admissible texts together, this model alone on the machine: the engine work per
-        text that admission counts (service/admission.py)."""
-        t0 = time.perf_counter()
-        await self.classify_many(probes)
-        self.seconds_per_text = (time.perf_counter() - t0) / len(probes)
+    def capacity_identity(self, probes: int) -> dict[str, Any]:
+        """Everything the measured seconds per text depend on: the cache key of a measurement."""
+        import vllm
+
         s = self.settings
+        return {
+            "task": self.task,
+            "server": type(self).__qualname__,  # another implementation does other work per text
+            "base": self.base_name,
+            "files": self.manifest.files,  # adapter, head, prompt: their hashes
+            "engine": s.model_dump(mode="json", include=ENGINE_SETTINGS) | {"dtype": engine_dtype(s)},
+            "probes": probes,
+            "vllm": vllm.__version__,
+            "machine": capacity_cache.machine(),
+        }
+
+    async def measure_capacity(self, probes: list[str]) -> bool:
+        """The engine work per text that admission counts (service/admission.py): an earlier start's
+        measurement when one matches, else the longest admissible texts timed together, this model alone on
+        the machine. Returns whether it was measured now."""
+        s = self.settings
+        identity = self.capacity_identity(len(probes))
+        cached = capacity_cache.load(s.cache_dir, identity) if s.capacity_cache else None
+        if cached is None:
+            t0 = time.perf_counter()
+            await self.classify_many(probes)
+            self.seconds_per_text = (time.perf_counter() - t0) / len(probes)
+            if s.capacity_cache:
+                await asyncio.to_thread(capacity_cache.store, s.cache_dir, identity, self.seconds_per_text)
+        else:
+            self.seconds_per_text = cached
         self.capacity = max(MAX_ITEMS, int(s.request_timeout_s * s.admission_share / self.seconds_per_text))
         log.info(
-            "%s: %.3f s of engine work per longest text; alone, %d texts fit in %.0f%% of the deadline",
+            "%s: %.3f s of engine work per longest text (%s); alone, %d texts fit in %.0f%% of the deadline",
             self.task,
             self.seconds_per_text,
+            "measured" if cached is None else "cached",
             self.capacity,
             100 * s.admission_share,
         )
+        return cached is None
 
     def _admit(self, n: int) -> float:
         """Admit `n` texts or raise Overloaded at once; returns the work (seconds) to release afterwards."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from service.exceptions import ServiceError
 from service.report.protocol import ReportOptions
+from training.artifact.atomic_write import write_text_atomic
 
 SUFFIX = {"json": ".json", "navigator": ".layer.json", "stix": ".stix.json"}
 
@@ -29,9 +30,7 @@ def output_path(src: Path, out: Path, fmt: str) -> Path:
 
 
 def _write(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 async def run(files: list[Path], out: Path, options: ReportOptions, progress: bool) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.artifact.atomic_write import write_text_atomic
 from training.artifact.base_model import hash_file_into
 from training.artifact.layout import (
     CARD_FILE,
@@ -355,16 +356,6 @@ def write_artifact(out: Path, manifest: Manifest, write_files: Callable[[Path], 
         raise
 
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
-
-
 def update_manifest(artifact: Path, manifest: Manifest) -> Manifest:
     """Rewrite an artifact's manifest (its files unchanged: only figures it records may differ) and card,
     each atomically."""
@@ -373,8 +364,8 @@ def update_manifest(artifact: Path, manifest: Manifest) -> Manifest:
     current = load_manifest(artifact)
     if manifest.files != current.files or manifest.version != current.version:
         raise ArtifactError(f"{artifact}: update_manifest changes recorded figures only, not files or version")
-    _replace_text(Path(artifact) / MANIFEST_FILE, manifest.model_dump_json(indent=2))
-    _replace_text(Path(artifact) / CARD_FILE, card_text(manifest))
+    write_text_atomic(Path(artifact) / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+    write_text_atomic(Path(artifact) / CARD_FILE, card_text(manifest))
     return manifest
 
 

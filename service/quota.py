@@ -14,6 +14,7 @@ import time
 from collections import Counter
 
 from service.metrics import ERRORS
+from service.middleware import DRAIN_LIMIT_BYTES
 from service.security import bearer, match_key
 from service.settings import Settings
 
@@ -47,7 +48,9 @@ class KeyQuota:
             return await _answer(send, 401, "missing or invalid API key", {b"www-authenticate": b"Bearer"})
         if self.inflight[key] >= self.limit(key):
             ERRORS.labels("other", "quota").inc()
-            await _discard_body(receive, DISCARD_LIMIT)  # unparsed: a client that writes first still reads the 429
+            # unparsed, bounded like a body over the limit (a key holder, not a stranger): a client that writes
+            # its whole body first, even one over the body limit, still reads its 429 instead of a reset
+            await _discard_body(receive, DRAIN_LIMIT_BYTES, self.settings.http_body_timeout_s)
             retry = str(self._retry_after(scope)).encode()
             detail = f"this key already has {self.inflight[key]} requests in flight (its limit); retry later"
             return await _answer(send, 429, detail, {b"retry-after": retry})

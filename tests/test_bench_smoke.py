@@ -58,6 +58,10 @@ def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
         "16",
         "--bad-share",
         "0.1",
+        "--steady-senders",
+        "4",
+        "--greedy-limit",
+        "2",
         "--port",
         str(free_port()),
         "--out",
@@ -67,8 +71,10 @@ def test_soak_smoke(tmp_path, cti_vsp, cti_hal):
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["lost"] == 0 and result["unexpected"] == {} and result["readiness_checks_failed"] == 0
-    assert sum(result["statuses"].values()) == 150 and set(result["statuses"]) <= {"200", "413", "422"}
+    assert sum(result["statuses"].values()) == 150 and set(result["statuses"]) <= {"200", "413", "422", "429"}
     assert result["statuses"]["200"] < 150 and result["server_errors_5xx"] == 0  # bad inputs got their 4xx
+    # 12 greedy senders over a quota of 2: refused at once; the steady key, at its quota, never
+    assert result["quota_429"]["greedy"] > 0 and result["quota_429"]["steady"] == 0
     assert result["latency"]["p99"] > 0 and result["peak_rss_mb"] > 100
 
 

@@ -3,7 +3,8 @@ default) as `run_batch` JSONL through `python -m service.batch`, and one per req
 concurrency 16. Rates exclude start-up on both sides (the service is warm; the batch command reports its own
 start-up apart). Every line's vector must equal the service's.
 
-`python -m bench.batch` runs it alone (bench/results/<machine>-<date>-batch.json); `make bench` includes it.
+`python -m bench.batch` runs it alone (bench/results/<machine>-<date>-batch.json); `make bench` includes it
+(`--batch-n`, ratio `cvss_batch_command_vs_http_c16`).
 """
 
 from __future__ import annotations

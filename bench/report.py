@@ -12,9 +12,21 @@ TARGETS = {
         1.5,
     ),
     "attack_c32_vs_offline_torch_batch": ("ATT&CK texts/s at c=32: service / best offline torch batch", 1.0),
-    "attack_c32_vs_vllm_classify": ("ATT&CK texts/s at c=32: service / vLLM api_server /classify", 0.95),
+    "attack_c32_vs_vllm_classify": ("ATT&CK texts/s at c=32: service / vLLM api_server /classify", 1.0),
+    "attack_p50_c1_vllm_classify_over_ours": (
+        "ATT&CK p50 at c=1: vLLM api_server /classify / service (above 1: faster)",
+        1.0,
+    ),
     "attack_p50_c1_microbatcher_over_ours": ("ATT&CK p50 at c=1: previous service / service (above 1: faster)", 1.0),
     "cvss_c16_vs_vllm_completions": ("CVSS desc/s at c=16: service / vLLM api_server /v1/completions", 1.0),
+    "cvss_p50_c1_vllm_completions_over_ours": (
+        "CVSS p50 at c=1: vLLM api_server /v1/completions / service (above 1: faster)",
+        1.0,
+    ),
+    "cvss_batch_command_vs_http_c16": (
+        "CVSS desc/s: `python -m service.batch` / the HTTP service at c=16 (start-up excluded)",
+        1.2,
+    ),
     "report_route_vs_attack_batches_64": (
         "report sentences/s: /classify/attack/report / the same sentences to /classify/attack in batches of 64",
         0.9,

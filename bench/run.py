@@ -174,12 +174,16 @@ def ratios(r: dict) -> dict:
     out["attack_c32_vs_offline_torch_batch"] = a32 / r["attack_offline_torch"]["items_per_s"]
     if "vllm_classify" in r:
         out["attack_c32_vs_vllm_classify"] = a32 / r["vllm_classify"]["c32"]["items_per_s"]
+        out["attack_p50_c1_vllm_classify_over_ours"] = r["vllm_classify"]["c1"]["p50"] / s["attack"]["c1"]["p50"]
     if "reports" in r:
         out["report_route_vs_attack_batches_64"] = _report_ratio(r)
     if "vllm_completions" in r and "cvss" in s:
         out["cvss_c16_vs_vllm_completions"] = (
             s["cvss"]["c16"]["items_per_s"] / r["vllm_completions"]["c16"]["items_per_s"]
         )
+        out["cvss_p50_c1_vllm_completions_over_ours"] = r["vllm_completions"]["c1"]["p50"] / s["cvss"]["c1"]["p50"]
+    if "batch_vs_http" in r:
+        out["cvss_batch_command_vs_http_c16"] = r["batch_vs_http"]["ratio_batch_vs_http_c16"]
     return out
 
 
@@ -195,6 +199,9 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=8, help="CTI-HAL reports for the report-route comparison")
     ap.add_argument(
         "--reports-only", action="store_true", help="only the report-route comparison (file suffix -reports)"
+    )
+    ap.add_argument(
+        "--batch-n", type=int, default=800, help="CTI-VSP descriptions for the batch command vs HTTP (0: skip)"
     )
     args = ap.parse_args()
     examples, texts = inputs(args.data_dir, args.n)
@@ -241,6 +248,10 @@ def main() -> None:
         with baselines.vllm_server(cvss_dir, extra, s.cvss_kv_cache_gib, args.port) as v:
             runs = vllm_completion_runs(v, str(cvss_dir), ids, manifest, tok, args.repeats)
             r["vllm_completions"] = asyncio.run(runs)
+        if args.batch_n:
+            from bench.batch import compare as batch_compare
+
+            r["batch_vs_http"] = batch_compare(args.data_dir, args.batch_n, args.port)
         if args.seed_method:
             from bench.seed_method import compare
 

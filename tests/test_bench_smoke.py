@@ -20,6 +20,8 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
         "1",
         "--reports",
         "2",
+        "--batch-n",
+        "12",
         "--port",
         str(free_port()),
         "--out",
@@ -39,10 +41,14 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
         "attack_p50_c1_microbatcher_over_ours",
         "attack_c32_vs_offline_torch_batch",
         "attack_c32_vs_vllm_classify",
+        "attack_p50_c1_vllm_classify_over_ours",
         "cvss_c16_vs_vllm_completions",
+        "cvss_p50_c1_vllm_completions_over_ours",
+        "cvss_batch_command_vs_http_c16",
         "report_route_vs_attack_batches_64",
     }
     assert result["reports"]["reports"] == 2 and result["reports"]["segments"] > 0
+    assert result["batch_vs_http"]["n"] == 12 and result["batch_vs_http"]["vectors_identical"] == 12
     assert result["cold_start_s"] > 0 and result["peak_rss_mb"] > 300  # two engines: two model copies
     assert result_file.with_suffix(".md").read_text().count("|") > 20
     assert result_file.with_suffix(".png").stat().st_size > 1000

@@ -94,17 +94,23 @@ async def vllm_classify_runs(svc: ServerProcess, model: str, ids: list[list[int]
 
 
 async def vllm_completion_runs(svc: ServerProcess, model: str, ids, manifest, tok, repeats: int) -> dict:
+    from service.models.value_shift import EXTRA_ARG, step_tables
     from training.artifact.encoding import cvss_value_token_ids
 
     labels = manifest.labels
+    value_ids = cvss_value_token_ids(tok, labels)
+    shifts = manifest.prior_correction
     body = {
         "model": model,
         "max_tokens": len(labels.metrics),
         "temperature": 0.0,
         "logprobs": max(len(m.values) for m in labels.metrics),
-        "allowed_token_ids": sorted({t for ids_ in cvss_value_token_ids(tok, labels) for t in ids_}),
+        "allowed_token_ids": sorted({t for ids_ in value_ids for t in ids_}),
         "structured_outputs": {"regex": labels.answer_regex()},
     }
+    if shifts is not None:  # the same prior correction as the service (the server runs its logits processor)
+        tables = step_tables(value_ids, [shifts.bias(m.key, list(m.values)) for m in labels.metrics])
+        body["vllm_xargs"] = {EXTRA_ARG: json.dumps(tables)}
     async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
 
         async def one(x):
@@ -245,6 +251,10 @@ def main() -> None:
         cvss_dir = folded_model_dir(base_for(manifest), CVSS_ART, manifest, s.cache_dir)
         ids, manifest, tok = _prompts(CVSS_ART, cves)
         extra = ["--logprobs-mode", "processed_logprobs", "--enable-prefix-caching"]
+        if manifest.prior_correction is not None:  # the same work per step as the service
+            from service.models.value_shift import QUALNAME
+
+            extra += ["--logits-processors", QUALNAME]
         with baselines.vllm_server(cvss_dir, extra, s.cvss_kv_cache_gib, args.port) as v:
             runs = vllm_completion_runs(v, str(cvss_dir), ids, manifest, tok, args.repeats)
             r["vllm_completions"] = asyncio.run(runs)

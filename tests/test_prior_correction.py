@@ -3,6 +3,7 @@ way by training's decoder and by the service's vLLM logits processor."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -90,4 +91,9 @@ def test_vllm_processor_adds_each_steps_shift_to_its_tokens_only():
     row = torch.zeros(12)
     fn([], row)
     assert row[5].item() == 0.5
+    # as vLLM's OpenAI server passes it (`vllm_xargs` cannot nest lists): the same table as a JSON string
+    fn = proc.new_req_logits_processor(SamplingParams(max_tokens=8, extra_args={EXTRA_ARG: json.dumps(tables)}))
+    row = torch.zeros(12)
+    fn([7], row)
+    assert row[[7, 9]].tolist() == [2.0, 0.25]
     assert not proc.is_argmax_invariant()

@@ -4,11 +4,12 @@ The grammar fixes which metric each decode step answers, so the shift of step n 
 that metric's value tokens. It is added before vLLM's greedy choice, so the returned value, the later
 steps' conditioning and the processed logprobs the service reads are all of the corrected logits, as in
 `training.cvss.predict.predict_cvss`. Requests carry their table in `SamplingParams.extra_args` (each adapter
-has its own); requests without one are untouched. Loaded by vLLM's engine process by its name, so it
-imports nothing of the service."""
+has its own; through vLLM's OpenAI server, `vllm_xargs` with the table as a JSON string); requests without
+one are untouched. Loaded by vLLM's engine process by its name, so it imports nothing of the service."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -46,4 +47,6 @@ class ValueShift(AdapterLogitsProcessor):
 
     def new_req_logits_processor(self, params):
         tables = (params.extra_args or {}).get(EXTRA_ARG)
+        if isinstance(tables, str):  # through vLLM's OpenAI server: `vllm_xargs` values cannot nest, JSON can
+            tables = json.loads(tables)
         return shift_fn(tables) if tables else None

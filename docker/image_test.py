@@ -334,7 +334,9 @@ def run_image(checks: dict, port: int) -> dict:
 def compose_check(checks: dict) -> None:
     """service + Prometheus (the cpu profile, Grafana left out: not packaged here); Prometheus must report
     the target up and answer a p95 latency query per route after traffic."""
-    compose = shutil.which("podman-compose") if ENGINE == "podman" else None
+    # podman-compose from the dev extras (1.5: network aliases) before a system one (Debian's 1.0.3 ignores them)
+    local = Path(sys.executable).parent / "podman-compose"
+    compose = (str(local) if local.exists() else shutil.which("podman-compose")) if ENGINE == "podman" else None
     cmd = [compose] if compose else [ENGINE, "compose"]
     spec = (REPO / "docker-compose.yml").read_text()
     prom = re.search(r"prometheus:\s*\n\s*image:\s*(\S+)", spec).group(1)
@@ -344,8 +346,7 @@ def compose_check(checks: dict) -> None:
     project = ["-p", "secclf-image-test", "-f", str(REPO / "docker-compose.yml")]
     # the image is already built: tag it with the name compose expects
     engine("tag", IMAGE, "localhost/secclf:cpu", "secclf:cpu", check=False)
-    # podman-compose 1.0 has no --profile; naming the services starts the same two
-    profile = [] if compose else ["--profile", "cpu"]
+    profile = ["--profile", "cpu"]
     services = ["secclf-cpu", "prometheus", "proxy"]
     up = [*cmd, *project, *profile, "up", "-d", *([] if compose else ["--no-build"]), *services]
     try:

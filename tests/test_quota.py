@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,12 @@ from tests.fakes import FAKES
 
 BUSY, CALM = "key-busy-0123456789", "key-calm-0123456789"
 TEXT = "The actor used Mimikatz to dump credentials from LSASS."
+
+
+def _quota_refusals(c: TestClient) -> float:
+    metrics = c.get("/metrics", headers={"authorization": f"Bearer {CALM}"}).text
+    found = re.search(r'^secclf_errors_total\{kind="quota",route="other"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_a_key_at_its_limit_gets_429_and_another_key_is_unaffected(base_model):
@@ -35,6 +42,7 @@ def test_a_key_at_its_limit_gets_429_and_another_key_is_unaffected(base_model):
             r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {key}"})
             return key, r, time.perf_counter() - t
 
+        before = _quota_refusals(c)
         with ThreadPoolExecutor(7) as pool:
             answers = list(pool.map(call, [BUSY] * 4 + [CALM] * 3))
         model.delay_s = 0.0
@@ -47,5 +55,4 @@ def test_a_key_at_its_limit_gets_429_and_another_key_is_unaffected(base_model):
         assert all("limit" in r.json()["detail"] for r, _ in refused)
         r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {BUSY}"})
         assert r.status_code == 200  # its slots came back
-        metrics = c.get("/metrics", headers={"authorization": f"Bearer {CALM}"}).text
-        assert 'secclf_errors_total{kind="quota",route="other"} 2.0' in metrics
+        assert _quota_refusals(c) == before + 2  # the registry is the process's: other tests count too

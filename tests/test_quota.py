@@ -56,3 +56,32 @@ def test_a_key_at_its_limit_gets_429_and_another_key_is_unaffected(base_model):
         r = c.post("/classify/attack", json={"text": TEXT}, headers={"authorization": f"Bearer {BUSY}"})
         assert r.status_code == 200  # its slots came back
         assert _quota_refusals(c) == before + 2  # the registry is the process's: other tests count too
+
+
+def test_a_key_over_its_quota_has_its_whole_body_read_before_the_429():
+    """A key holder writing a body larger than 1 MB (here 3 MB, inside the body limit) must have all of it read
+    before the 429 and the close, or a client that writes first reads a reset instead of its answer."""
+    import asyncio
+
+    from service.quota import KeyQuota
+
+    quota = KeyQuota(app=None, settings=Settings(api_keys=BUSY, key_max_concurrency=1))
+    quota.inflight[BUSY] = 1  # at its limit
+    chunks = [b"a" * (1 << 16)] * 48
+    sent: list[dict] = []
+
+    async def receive():
+        body = chunks.pop()
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {
+        "type": "http",
+        "path": "/classify/attack",
+        "method": "POST",
+        "headers": [(b"authorization", f"Bearer {BUSY}".encode())],
+    }
+    asyncio.run(quota(scope, receive, send))
+    assert sent[0]["status"] == 429 and not chunks  # answered only after the last chunk was read

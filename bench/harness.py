@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -34,12 +33,9 @@ def machine() -> str:
             return file_safe(torch.cuda.get_device_name(0))
     except Exception:
         pass
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1] for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0] if names else model
-    return f"cpu-{file_safe(model)}-{psutil.cpu_count()}c"
+    from service.capacity_cache import cpu_model
+
+    return f"cpu-{file_safe(cpu_model())}-{psutil.cpu_count()}c"
 
 
 def file_safe(name: str) -> str:

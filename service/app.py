@@ -87,8 +87,8 @@ async def _models_lifespan(app: FastAPI):
         models.attack = classes["attack"](s.attack_artifact, s)
     try:
         # Both engines start at once (each spawns and imports on its own; on 2 cores that overlaps well), and
-        # each is warmed up as soon as it is up: the CVSS engine's first request builds its grammar (~2 s),
-        # which then overlaps the other engine's start.
+        # each is warmed up as soon as it is up: the CVSS engine's first request takes ~2 s (its grammar
+        # backend and first shapes), which then overlaps the other engine's start.
         await asyncio.gather(*(_start_model(model, s, steps) for model in models.loaded()))
         t, steps["start_and_warm_engines"] = time.perf_counter(), round(time.perf_counter() - t, 2)
         for model in models.loaded():
@@ -97,11 +97,10 @@ async def _models_lifespan(app: FastAPI):
                 {"artifact": manifest.name, "version": manifest.version, "base_model": model.base_name}
             )
         if s.warmup:
-            measured = []
+            measured = False
             for model in models.loaded():  # one at a time: each alone on the machine
                 probes = probe_texts(min(PROBE_TEXTS, model.max_inflight), s.max_text_chars)
-                if await asyncio.wait_for(model.measure_capacity(probes), s.warmup_timeout_s):
-                    measured.append(model.task)
+                measured |= await asyncio.wait_for(model.measure_capacity(probes), s.warmup_timeout_s)
             steps["capacity_probe" if measured else "capacity_cached"] = round(time.perf_counter() - t, 2)
         steps["since_app_import"] = round(time.perf_counter() - PROCESS_START, 2)
         budget = WorkBudget(s.request_timeout_s * s.admission_share)  # shared: the engines share the device

@@ -18,17 +18,20 @@ log = logging.getLogger(__name__)
 FOLDER = "capacity"
 
 
-def machine() -> dict[str, Any]:
-    """What the measured seconds depend on outside the model: processor, usable cores, accelerator."""
-    cpu = platform.processor()
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    out: dict[str, Any] = {"cpu": cpu, "cores": len(os.sched_getaffinity(0))}
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What the measured seconds depend on outside the model: processor, usable cores, accelerator."""
+    out: dict[str, Any] = {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0))}
     for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_ENABLE_V1_MULTIPROCESSING"):
         out[var] = os.environ.get(var)
     try:

@@ -7,21 +7,25 @@ import sys
 
 
 def main() -> None:
-    # Imported here, not at the top: vLLM's engine processes are spawned, and a spawned child imports the
-    # parent's __main__ module first; with these at the top each engine paid ~2.5 s of web-stack imports.
+    from service import fork_server
+    from service.settings import get_settings
+
+    s = get_settings()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", s.vllm_log_level.upper())  # read by vLLM when it is imported
+    # transformers' load reports name the base model's folder: errors only, here and in the engine processes
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    fork_server.start(s.engine_fork_server)  # first: it imports vLLM on the other core while this one imports
+
+    # Imported here, not at the top: a spawned child (the fork server) imports the parent's __main__ module
+    # first; with these at the top it would pay ~2.5 s of web-stack imports.
     import uvicorn
 
     from service import logging_setup, reaper
     from service.app import create_app
     from service.exceptions import EXIT_STARTUP_FAILED
     from service.http_protocol import protocol_for
-    from service.settings import get_settings
 
     logging_setup.configure()
-    s = get_settings()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", s.vllm_log_level.upper())  # read by vLLM when it is imported
-    # transformers' load reports name the base model's folder: errors only, here and in the engine processes
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from service import reaper, routes
+from service import fork_server, reaper, routes
 from service.errors import service_error_payload, validation_payload
 from service.exceptions import Overloaded, ServiceError, quoted
 from service.logging_setup import REQUEST_ID
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging_setup.configure(logging.WARNING)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the progress bar readable
+    fork_server.start(get_settings().engine_fork_server)  # imports vLLM while the input is read
     if not args.input.exists():
         parser.error(f"{args.input}: no such file or folder")
     items = read_items(args.input)

@@ -7,6 +7,7 @@ import contextlib
 import os
 from typing import Any
 
+from service import fork_server
 from service.metrics import ENGINE_QUEUE_TIME, ENGINE_RUNNING, ENGINE_WAITING
 from service.settings import Settings
 from training.artifact.base_model import revision_of
@@ -75,6 +76,7 @@ def start_engine(model: str, metrics_name: str, s: Settings, kv_cache_gib: float
             # changes the synchronous LLM (which this service does not use) otherwise. One process per engine
             # instead of two: ~20 s less of start-up on 2 cores, and no IPC hop per step.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        fork_server.route_vllm_engines()
     args = AsyncEngineArgs(
         model=model,
         dtype=engine_dtype(s),

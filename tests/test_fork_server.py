@@ -24,9 +24,7 @@ def test_fork_server_module_and_settings_import_nothing_heavy():
 
 def test_child_gets_the_parents_environment_at_creation_not_the_servers(tmp_path):
     (tmp_path / "probe.py").write_text(
-        "import os, sys\n"
-        "def check(name, want):\n"
-        "    sys.exit(0 if os.environ.get(name) == want else 3)\n"
+        "import os, sys\ndef check(name, want):\n    sys.exit(0 if os.environ.get(name) == want else 3)\n"
     )
     code = textwrap.dedent(
         f"""

@@ -33,3 +33,32 @@ def report_inputs(data_dir: Path, n: int) -> list[str]:
 
     reports = load_cti_hal_reports(data_dir / "cti-hal" / "data", catalogue().remap)
     return [r.text for r in sorted(reports, key=lambda r: -len(r.text))[:n]]
+
+
+def speed_cves(data_dir: Path, n: int) -> list[str]:
+    """`n` distinct CTI-VSP descriptions in file order, for timing only (any rows will do: nothing is scored)."""
+    from training.data import load_cvss
+
+    seen: dict[str, None] = {}
+    for e in load_cvss([data_dir / "cti-vsp" / "cti-vsp.tsv"]):
+        seen.setdefault(e.description)
+        if len(seen) == n:
+            break
+    return list(seen)
+
+
+class FreshSlices:
+    """Disjoint slices of an input pool, one per measurement key (concurrency, repeat), the same slice for the
+    same key on every side of a comparison. No server sees a text twice, so no prefix cache turns a repeat
+    into cache hits (CVE descriptions do not repeat in use; repeating 64 of them measured mostly cache)."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.pool_size, self.given, self.cursor = pool_size, {}, 0
+
+    def __call__(self, key: tuple, n: int) -> range:
+        if key not in self.given:
+            if self.cursor + n > self.pool_size:
+                raise ValueError(f"input pool of {self.pool_size} exhausted at {key}")
+            self.given[key] = range(self.cursor, self.cursor + n)
+            self.cursor += n
+        return self.given[key]

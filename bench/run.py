@@ -19,7 +19,7 @@ import httpx
 
 from bench import baselines
 from bench.harness import REPO, ServerProcess, machine
-from bench.inputs import ATTACK_ART, CVSS_ART, inputs, report_inputs
+from bench.inputs import ATTACK_ART, CVSS_ART, FreshSlices, inputs, report_inputs, speed_cves
 from bench.load import run_concurrent
 from bench.report import plot, table
 
@@ -30,17 +30,26 @@ def _median(runs: list[dict], key: str = "items_per_s") -> dict:
     return {**sorted(runs, key=lambda r: r[key])[len(runs) // 2], "repeats": [r[key] for r in runs]}
 
 
-async def _measure(call, items: list, conc: int, repeats: int, server: ServerProcess | None = None) -> dict:
+async def _measure(call, items, conc: int, repeats: int, server: ServerProcess | None = None) -> dict:
+    """`items`: a list sent on every repeat, or `repeat -> list` (fresh inputs each repeat)."""
     runs = []
-    for _ in range(repeats):
-        runs.append(await run_concurrent(call, items, conc))
+    for k in range(repeats):
+        runs.append(await run_concurrent(call, items(k) if callable(items) else items, conc))
         if server is not None:
             server.rss()
     return _median(runs)
 
 
-async def service_runs(svc: ServerProcess, cves: list[str], texts: list[str], repeats: int) -> dict:
-    """Both routes through HTTP, one text per request, at each concurrency (no CVEs: ATT&CK only)."""
+def _fresh(pool: list, slices: FreshSlices, conc: int, n: int):
+    """`repeat -> list`: this concurrency's own slice of `pool` per repeat (16 items at c=1)."""
+    return lambda k: [pool[i] for i in slices(("cvss", conc, k), 16 if conc == 1 else n)]
+
+
+async def service_runs(
+    svc: ServerProcess, cves: list[str], texts: list[str], repeats: int, slices: FreshSlices, n: int
+) -> dict:
+    """Both routes through HTTP, one text per request, at each concurrency (no CVEs: ATT&CK only); CVSS on
+    fresh descriptions per measurement (`FreshSlices`)."""
     async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
 
         async def cvss(t):
@@ -50,12 +59,12 @@ async def service_runs(svc: ServerProcess, cves: list[str], texts: list[str], re
             (await c.post("/classify/attack", json={"text": t})).raise_for_status()
 
         if cves:
-            await run_concurrent(cvss, cves[:4], 4)
+            await run_concurrent(cvss, [cves[i] for i in slices(("warm-up",), 4)], 4)
         await run_concurrent(attack, texts[:8], 8)
         out: dict = {"cvss": {}, "attack": {}} if cves else {"attack": {}}
         for conc in CONCURRENCY:
             if cves:
-                out["cvss"][f"c{conc}"] = await _measure(cvss, cves if conc > 1 else cves[:16], conc, repeats, svc)
+                out["cvss"][f"c{conc}"] = await _measure(cvss, _fresh(cves, slices, conc, n), conc, repeats, svc)
             out["attack"][f"c{conc}"] = await _measure(attack, texts, conc, repeats, svc)
         return out
 
@@ -93,7 +102,9 @@ async def vllm_classify_runs(svc: ServerProcess, model: str, ids: list[list[int]
         return {f"c{k}": await _measure(one, ids, k, repeats) for k in (1, 32)}
 
 
-async def vllm_completion_runs(svc: ServerProcess, model: str, ids, manifest, tok, repeats: int) -> dict:
+async def vllm_completion_runs(
+    svc: ServerProcess, model: str, ids, manifest, tok, repeats: int, slices: FreshSlices, n: int
+) -> dict:
     from service.models.value_shift import EXTRA_ARG, step_tables
     from training.artifact.encoding import cvss_value_token_ids
 
@@ -118,8 +129,8 @@ async def vllm_completion_runs(svc: ServerProcess, model: str, ids, manifest, to
             r.raise_for_status()
             assert len(r.json()["choices"][0]["logprobs"]["tokens"]) == len(labels.metrics)
 
-        await run_concurrent(one, ids[:4], 4)
-        return {f"c{k}": await _measure(one, ids if k > 1 else ids[:16], k, repeats) for k in (1, 16)}
+        await run_concurrent(one, [ids[i] for i in slices(("warm-up",), 4)], 4)
+        return {f"c{k}": await _measure(one, _fresh(ids, slices, k, n), k, repeats) for k in (1, 16)}
 
 
 async def report_runs(svc: ServerProcess, reports: list[str], repeats: int) -> dict:
@@ -211,11 +222,16 @@ def main() -> None:
     )
     args = ap.parse_args()
     examples, texts = inputs(args.data_dir, args.n)
-    cves = [] if args.attack_only else [e.description for e in examples]
+    # CVSS: every measurement on descriptions no server has seen (4 warm-up, 16 per repeat at c=1, n per repeat
+    # at each other concurrency), the same ones for the same measurement on each side
+    pool = 4 + args.repeats * (16 + args.n * (len(CONCURRENCY) - 1))
+    cves = [] if args.attack_only else speed_cves(args.data_dir, pool)
+    slices = FreshSlices(len(cves))
     r: dict = {
         "machine": machine(),
         "date": date.today().isoformat(),
         "n_cvss": len(cves),
+        "cvss_inputs": "fresh per measurement: no description is sent twice to one server (FreshSlices)",
         "n_attack": len(texts),
         "repeats": args.repeats,
     }
@@ -231,7 +247,7 @@ def main() -> None:
         r["cold_start_s"] = svc.wait_ready()
         r["startup_seconds"] = httpx.get(svc.url + "/v1/models", timeout=30).json().get("startup_seconds", {})
         if not args.reports_only:
-            r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats))
+            r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats, slices, args.n))
             r["peak_rss_mb"] = svc.peak_rss / 2**20  # the service with both engines
         r["reports"] = asyncio.run(report_runs(svc, reports, args.repeats))
     finally:
@@ -256,7 +272,7 @@ def main() -> None:
 
             extra += ["--logits-processors", QUALNAME]
         with baselines.vllm_server(cvss_dir, extra, s.cvss_kv_cache_gib, args.port) as v:
-            runs = vllm_completion_runs(v, str(cvss_dir), ids, manifest, tok, args.repeats)
+            runs = vllm_completion_runs(v, str(cvss_dir), ids, manifest, tok, args.repeats, slices, args.n)
             r["vllm_completions"] = asyncio.run(runs)
         if args.batch_n:
             from bench.batch import compare as batch_compare

@@ -55,11 +55,11 @@ ops = [Depends(require_api_key_for_ops)]
 ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
-def get_models(request: Request) -> Models:
+async def get_models(request: Request) -> Models:  # async: no thread-pool hop (service/security.py)
     return request.app.state.models
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

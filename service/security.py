@@ -32,18 +32,24 @@ def match_key(given: bytes, keys: list[str]) -> str | None:
     return found
 
 
-def require_api_key(request: Request, _declared: Declared = None) -> None:
+# The dependencies below are `async def`: FastAPI runs a plain `def` dependency on its thread pool, a thread
+# hop per dependency per request for a few dictionary lookups.
+def check_api_key(request: Request) -> None:
     keys: list[str] = request.app.state.settings.api_key_list
     if keys and match_key(bearer(request.scope.get("headers") or []), keys) is None:
         raise Unauthorized("missing or invalid API key")
 
 
-def require_api_key_for_ops(request: Request, _declared: Declared = None) -> None:
+async def require_api_key(request: Request, _declared: Declared = None) -> None:
+    check_api_key(request)
+
+
+async def require_api_key_for_ops(request: Request, _declared: Declared = None) -> None:
     if request.app.state.settings.protect_ops_endpoints:
-        require_api_key(request)
+        check_api_key(request)
 
 
-def require_api_key_for_metrics(request: Request, _declared: Declared = None) -> None:
+async def require_api_key_for_metrics(request: Request, _declared: Declared = None) -> None:
     s = request.app.state.settings
     if s.protect_ops_endpoints or s.metrics_require_key:
-        require_api_key(request)
+        check_api_key(request)

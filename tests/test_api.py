@@ -312,3 +312,24 @@ def test_a_model_window_too_small_for_the_manifest_fails_start_up_with_exit_3(ba
     )
     assert r.returncode == EXIT_STARTUP_FAILED, r.stderr[-2000:]
     assert "SECCLF_MAX_MODEL_LEN=200 cannot hold a cvss prompt" in r.stderr + r.stdout
+
+
+def test_request_path_dependencies_are_async_so_no_thread_pool_hop():
+    """FastAPI runs a plain `def` dependency (or endpoint) on its thread pool: a thread hop per request each,
+    which on 2 cores takes CPU from the engine. Every route's dependencies and handler are coroutines."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    app = create_app(Settings(cvss_artifact=DEFAULT_CVSS, attack_artifact=DEFAULT_ATTACK), model_classes=FAKES)
+
+    def sync_calls(dependant) -> list[str]:
+        call = dependant.call  # a function, or an instance with an async __call__ (fastapi.security's)
+        is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+        found = [] if is_async else [getattr(call, "__qualname__", type(call).__name__)]
+        return found + [name for d in dependant.dependencies for name in sync_calls(d)]
+
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert {"/classify/cvss", "/classify/attack", "/healthz"} <= {r.path for r in routes}
+    offenders = {r.path: sync_calls(r.dependant) for r in routes if sync_calls(r.dependant)}
+    assert not offenders, offenders

@@ -64,7 +64,7 @@ class CvssModel(VllmModel[CvssResult]):
     async def start_engine(self):
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         from service.models.value_shift import EXTRA_ARG, step_tables
         from service.models.value_shift import QUALNAME as SHIFT_PROCESSOR
@@ -81,6 +81,9 @@ class CvssModel(VllmModel[CvssResult]):
             # and `width` logprobs then cover every allowed value of every metric.
             shifts = manifest.prior_correction
             return SamplingParams(
+                # one output at the end, as vLLM's server asks for a non-streamed completion: the default
+                # (cumulative) has the engine send, and this process rebuild, a growing output at every step
+                output_kind=RequestOutputKind.FINAL_ONLY,
                 temperature=0.0,
                 max_tokens=len(self.labels.metrics),
                 logprobs=max(len(metric.values) for metric in self.labels.metrics),

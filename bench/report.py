@@ -61,6 +61,8 @@ def table(r: dict) -> str:
         return "\n".join(lines)
     lines += ["", "| server | route | concurrency | p50 s | p95 s | items/s |", "|---|---|---|---|---|---|"]
     rows = [("service", route, runs) for route, runs in r["service"].items()]
+    # the service's repeats alternated with vLLM's (both servers up): what the vLLM ratios use
+    rows += [("service, paired with vLLM", route, runs) for route, runs in r.get("service_paired", {}).items()]
     rows += [
         (name, route, r[name])
         for name, route in (

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
@@ -40,9 +41,9 @@ async def _measure(call, items, conc: int, repeats: int, server: ServerProcess |
     return _median(runs)
 
 
-def _fresh(pool: list, slices: FreshSlices, conc: int, n: int):
-    """`repeat -> list`: this concurrency's own slice of `pool` per repeat (16 items at c=1)."""
-    return lambda k: [pool[i] for i in slices(("cvss", conc, k), 16 if conc == 1 else n)]
+def _fresh(pool: list, slices: FreshSlices, conc: int, n: int, use: str = "cvss"):
+    """`repeat -> list`: this measurement's own slice of `pool` per repeat (16 items at c=1)."""
+    return lambda k: [pool[i] for i in slices((use, conc, k), 16 if conc == 1 else n)]
 
 
 async def service_runs(
@@ -90,21 +91,53 @@ def _prompts(artifact: Path, texts: list[str]):
     return [encode_prompt(tok, manifest, t)[0] for t in texts], manifest, tok
 
 
-async def vllm_classify_runs(svc: ServerProcess, model: str, ids: list[list[int]], repeats: int) -> dict:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
+async def _paired(sides: dict[str, Callable[[int], Awaitable[dict]]], repeats: int) -> dict[str, dict]:
+    """Each side's repeat k right after the other's, alternating which goes first: both servers are up (the
+    idle one costs nothing), so a slow minute of this shared machine slows both sides alike. Run one side
+    after the other instead and the same ratio moved by up to 0.15 between two runs."""
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    order = list(sides)
+    for k in range(repeats):
+        for name in order if k % 2 == 0 else order[::-1]:
+            runs[name].append(await sides[name](k))
+    return {name: _median(v) for name, v in runs.items()}
 
-        async def one(x):
-            r = await c.post("/classify", json={"model": model, "input": x})
+
+async def attack_pairs(svc: ServerProcess, v: ServerProcess, model: str, texts, ids, repeats: int) -> dict:
+    """`/classify/attack` against vLLM's `/classify` on the same texts (vLLM gets the service's token ids)."""
+    async with (
+        httpx.AsyncClient(base_url=svc.url, timeout=600) as a,
+        httpx.AsyncClient(base_url=v.url, timeout=600) as b,
+    ):
+
+        async def ours(t):
+            (await a.post("/classify/attack", json={"text": t})).raise_for_status()
+
+        async def theirs(x):
+            r = await b.post("/classify", json={"model": model, "input": x})
             r.raise_for_status()
             assert len(r.json()["data"][0]["probs"]) > 1
 
-        await run_concurrent(one, ids[:8], 8)
-        return {f"c{k}": await _measure(one, ids, k, repeats) for k in (1, 32)}
+        await run_concurrent(ours, texts[:8], 8)
+        await run_concurrent(theirs, ids[:8], 8)
+        out: dict = {"service": {}, "vllm": {}}
+        for conc in (1, 32):
+            res = await _paired(
+                {
+                    "service": lambda k: run_concurrent(ours, texts, conc),  # noqa: B023 (awaited in this iteration)
+                    "vllm": lambda k: run_concurrent(theirs, ids, conc),  # noqa: B023
+                },
+                repeats,
+            )
+            out["service"][f"c{conc}"], out["vllm"][f"c{conc}"] = res["service"], res["vllm"]
+        return out
 
 
-async def vllm_completion_runs(
-    svc: ServerProcess, model: str, ids, manifest, tok, repeats: int, slices: FreshSlices, n: int
+async def cvss_pairs(
+    svc: ServerProcess, v: ServerProcess, model: str, cves, ids, manifest, tok, repeats: int, slices, n: int
 ) -> dict:
+    """`/classify/cvss` against vLLM's `/v1/completions` with the same regex, allowed tokens, logprobs and
+    prior-correction processor, on the same fresh descriptions per measurement (vLLM gets the token ids)."""
     from service.models.value_shift import EXTRA_ARG, step_tables
     from training.artifact.encoding import cvss_value_token_ids
 
@@ -122,15 +155,32 @@ async def vllm_completion_runs(
     if shifts is not None:  # the same prior correction as the service (the server runs its logits processor)
         tables = step_tables(value_ids, [shifts.bias(m.key, list(m.values)) for m in labels.metrics])
         body["vllm_xargs"] = {EXTRA_ARG: json.dumps(tables)}
-    async with httpx.AsyncClient(base_url=svc.url, timeout=600) as c:
+    async with (
+        httpx.AsyncClient(base_url=svc.url, timeout=600) as a,
+        httpx.AsyncClient(base_url=v.url, timeout=600) as b,
+    ):
 
-        async def one(x):
-            r = await c.post("/v1/completions", json={**body, "prompt": x})
+        async def ours(t):
+            (await a.post("/classify/cvss", json={"description": t})).raise_for_status()
+
+        async def theirs(x):
+            r = await b.post("/v1/completions", json={**body, "prompt": x})
             r.raise_for_status()
             assert len(r.json()["choices"][0]["logprobs"]["tokens"]) == len(labels.metrics)
 
-        await run_concurrent(one, [ids[i] for i in slices(("warm-up",), 4)], 4)
-        return {f"c{k}": await _measure(one, _fresh(ids, slices, k, n), k, repeats) for k in (1, 16)}
+        await run_concurrent(theirs, [ids[i] for i in slices(("warm-up vllm",), 4)], 4)
+        out: dict = {"service": {}, "vllm": {}}
+        for conc in (1, 16):
+            mine, same = _fresh(cves, slices, conc, n, "pair"), _fresh(ids, slices, conc, n, "pair")
+            res = await _paired(
+                {
+                    "service": lambda k: run_concurrent(ours, mine(k), conc),  # noqa: B023
+                    "vllm": lambda k: run_concurrent(theirs, same(k), conc),  # noqa: B023
+                },
+                repeats,
+            )
+            out["service"][f"c{conc}"], out["vllm"][f"c{conc}"] = res["service"], res["vllm"]
+        return out
 
 
 async def report_runs(svc: ServerProcess, reports: list[str], repeats: int) -> dict:
@@ -189,16 +239,17 @@ def ratios(r: dict) -> dict:
         out["attack_c32_vs_microbatcher_service"] = a32 / old["c32"]["items_per_s"]
         out["attack_p50_c1_microbatcher_over_ours"] = old["c1"]["p50"] / s["attack"]["c1"]["p50"]
     out["attack_c32_vs_offline_torch_batch"] = a32 / r["attack_offline_torch"]["items_per_s"]
+    paired = r.get("service_paired", {})  # vLLM's servers are compared with the service's paired repeats
     if "vllm_classify" in r:
-        out["attack_c32_vs_vllm_classify"] = a32 / r["vllm_classify"]["c32"]["items_per_s"]
-        out["attack_p50_c1_vllm_classify_over_ours"] = r["vllm_classify"]["c1"]["p50"] / s["attack"]["c1"]["p50"]
+        ours = paired["attack"]
+        out["attack_c32_vs_vllm_classify"] = ours["c32"]["items_per_s"] / r["vllm_classify"]["c32"]["items_per_s"]
+        out["attack_p50_c1_vllm_classify_over_ours"] = r["vllm_classify"]["c1"]["p50"] / ours["c1"]["p50"]
     if "reports" in r:
         out["report_route_vs_attack_batches_64"] = _report_ratio(r)
     if "vllm_completions" in r and "cvss" in s:
-        out["cvss_c16_vs_vllm_completions"] = (
-            s["cvss"]["c16"]["items_per_s"] / r["vllm_completions"]["c16"]["items_per_s"]
-        )
-        out["cvss_p50_c1_vllm_completions_over_ours"] = r["vllm_completions"]["c1"]["p50"] / s["cvss"]["c1"]["p50"]
+        ours = paired["cvss"]
+        out["cvss_c16_vs_vllm_completions"] = ours["c16"]["items_per_s"] / r["vllm_completions"]["c16"]["items_per_s"]
+        out["cvss_p50_c1_vllm_completions_over_ours"] = r["vllm_completions"]["c1"]["p50"] / ours["c1"]["p50"]
     if "batch_vs_http" in r:
         out["cvss_batch_command_vs_http_c16"] = r["batch_vs_http"]["ratio_batch_vs_http_c16"]
     return out
@@ -224,7 +275,7 @@ def main() -> None:
     examples, texts = inputs(args.data_dir, args.n)
     # CVSS: every measurement on descriptions no server has seen (4 warm-up, 16 per repeat at c=1, n per repeat
     # at each other concurrency), the same ones for the same measurement on each side
-    pool = 4 + args.repeats * (16 + args.n * (len(CONCURRENCY) - 1))
+    pool = 8 + args.repeats * (16 + args.n * (len(CONCURRENCY) - 1)) + args.repeats * (16 + args.n)  # + the pairs
     cves = [] if args.attack_only else speed_cves(args.data_dir, pool)
     slices = FreshSlices(len(cves))
     r: dict = {
@@ -250,30 +301,36 @@ def main() -> None:
             r["service"] = asyncio.run(service_runs(svc, cves, texts, args.repeats, slices, args.n))
             r["peak_rss_mb"] = svc.peak_rss / 2**20  # the service with both engines
         r["reports"] = asyncio.run(report_runs(svc, reports, args.repeats))
+        if args.reports_only:
+            return _write(r, args.out, "-reports")
+        # the service stays up (idle) while each of vLLM's servers runs beside it: the pairs alternate repeats
+        r["service_paired"] = {}
+        manifest = load_manifest(ATTACK_ART)
+        attack_dir = folded_model_dir(base_for(manifest), ATTACK_ART, manifest, s.cache_dir)  # what the service serves
+        ids, _, _ = _prompts(ATTACK_ART, texts)
+        with baselines.vllm_server(attack_dir, ["--runner", "pooling"], s.attack_kv_cache_gib) as v:
+            pairs = asyncio.run(attack_pairs(svc, v, str(attack_dir), texts, ids, args.repeats))
+        r["service_paired"]["attack"], r["vllm_classify"] = pairs["service"], pairs["vllm"]
+        if cves:
+            manifest = load_manifest(CVSS_ART)
+            cvss_dir = folded_model_dir(base_for(manifest), CVSS_ART, manifest, s.cache_dir)
+            ids, manifest, tok = _prompts(CVSS_ART, cves)
+            extra = ["--logprobs-mode", "processed_logprobs", "--enable-prefix-caching"]
+            if manifest.prior_correction is not None:  # the same work per step as the service
+                from service.models.value_shift import QUALNAME
+
+                extra += ["--logits-processors", QUALNAME]
+            with baselines.vllm_server(cvss_dir, extra, s.cvss_kv_cache_gib) as v:
+                pairs = asyncio.run(
+                    cvss_pairs(svc, v, str(cvss_dir), cves, ids, manifest, tok, args.repeats, slices, args.n)
+                )
+            r["service_paired"]["cvss"], r["vllm_completions"] = pairs["service"], pairs["vllm"]
     finally:
         svc.stop()
-    if args.reports_only:
-        return _write(r, args.out, "-reports")
     r["attack_offline_torch"] = baselines.attack_offline_torch(texts, ATTACK_ART, args.repeats)
     with baselines.microbatcher_service(ATTACK_ART, args.port) as old:
         r["microbatcher_service"] = asyncio.run(microbatcher_runs(old, texts, args.repeats))
-    manifest = load_manifest(ATTACK_ART)
-    attack_dir = folded_model_dir(base_for(manifest), ATTACK_ART, manifest, s.cache_dir)  # what the service serves
-    ids, _, _ = _prompts(ATTACK_ART, texts)
-    with baselines.vllm_server(attack_dir, ["--runner", "pooling"], s.attack_kv_cache_gib, args.port) as v:
-        r["vllm_classify"] = asyncio.run(vllm_classify_runs(v, str(attack_dir), ids, args.repeats))
     if cves:
-        manifest = load_manifest(CVSS_ART)
-        cvss_dir = folded_model_dir(base_for(manifest), CVSS_ART, manifest, s.cache_dir)
-        ids, manifest, tok = _prompts(CVSS_ART, cves)
-        extra = ["--logprobs-mode", "processed_logprobs", "--enable-prefix-caching"]
-        if manifest.prior_correction is not None:  # the same work per step as the service
-            from service.models.value_shift import QUALNAME
-
-            extra += ["--logits-processors", QUALNAME]
-        with baselines.vllm_server(cvss_dir, extra, s.cvss_kv_cache_gib, args.port) as v:
-            runs = vllm_completion_runs(v, str(cvss_dir), ids, manifest, tok, args.repeats, slices, args.n)
-            r["vllm_completions"] = asyncio.run(runs)
         if args.batch_n:
             from bench.batch import compare as batch_compare
 

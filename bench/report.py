@@ -111,7 +111,8 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for route, runs in r["service"].items():
+    for route, own in r["service"].items():
+        runs = {**r.get("service_paired", {}).get(route, {}), **own}  # CVSS c=1 and c=16 come from the pairs
         conc = sorted(int(k[1:]) for k in runs)
         for p in ("p50", "p95", "p99"):
             ax.plot(conc, [runs[f"c{c}"][p] for c in conc], marker="o", label=f"{route} {p}")

@@ -25,6 +25,7 @@ from bench.load import run_concurrent
 from bench.report import plot, table
 
 CONCURRENCY = (1, 8, 16, 32)
+PAIRED_CVSS = (1, 16)  # CVSS concurrencies measured in the pairs with vLLM's server
 
 
 def _median(runs: list[dict], key: str = "items_per_s") -> dict:
@@ -64,7 +65,7 @@ async def service_runs(
         await run_concurrent(attack, texts[:8], 8)
         out: dict = {"cvss": {}, "attack": {}} if cves else {"attack": {}}
         for conc in CONCURRENCY:
-            if cves:
+            if cves and conc not in PAIRED_CVSS:  # those come from the pairs with vLLM (CTI-VSP has ~790 to spare)
                 out["cvss"][f"c{conc}"] = await _measure(cvss, _fresh(cves, slices, conc, n), conc, repeats, svc)
             out["attack"][f"c{conc}"] = await _measure(attack, texts, conc, repeats, svc)
         return out
@@ -170,7 +171,7 @@ async def cvss_pairs(
 
         await run_concurrent(theirs, [ids[i] for i in slices(("warm-up vllm",), 4)], 4)
         out: dict = {"service": {}, "vllm": {}}
-        for conc in (1, 16):
+        for conc in PAIRED_CVSS:
             mine, same = _fresh(cves, slices, conc, n, "pair"), _fresh(ids, slices, conc, n, "pair")
             res = await _paired(
                 {
@@ -275,7 +276,7 @@ def main() -> None:
     examples, texts = inputs(args.data_dir, args.n)
     # CVSS: every measurement on descriptions no server has seen (4 warm-up, 16 per repeat at c=1, n per repeat
     # at each other concurrency), the same ones for the same measurement on each side
-    pool = 8 + args.repeats * (16 + args.n * (len(CONCURRENCY) - 1)) + args.repeats * (16 + args.n)  # + the pairs
+    pool = 8 + args.repeats * args.n * (len(CONCURRENCY) - len(PAIRED_CVSS)) + args.repeats * (16 + args.n)
     cves = [] if args.attack_only else speed_cves(args.data_dir, pool)
     slices = FreshSlices(len(cves))
     r: dict = {

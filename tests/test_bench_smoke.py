@@ -31,7 +31,8 @@ def test_bench_smoke(tmp_path, cti_vsp, cti_hal):
     assert r.returncode == 0, r.stderr[-4000:]
     [result_file] = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
-    assert result["service"]["cvss"]["c16"]["errors"] == 0 and result["service"]["attack"]["c32"]["errors"] == 0
+    assert result["service"]["cvss"]["c8"]["errors"] == 0 and result["service"]["attack"]["c32"]["errors"] == 0
+    assert result["service_paired"]["cvss"]["c16"]["errors"] == 0
     # every baseline answered every request (a broken request format would count as errors)
     for side, key in (("microbatcher_service", "c32"), ("vllm_classify", "c32"), ("vllm_completions", "c16")):
         assert result[side][key]["errors"] == 0 and result[side][key]["n"] > 0, side

@@ -104,34 +104,50 @@ async def _paired(sides: dict[str, Callable[[int], Awaitable[dict]]], repeats: i
     return {name: _median(v) for name, v in runs.items()}
 
 
-async def attack_pairs(svc: ServerProcess, v: ServerProcess, model: str, texts, ids, repeats: int) -> dict:
-    """`/classify/attack` against vLLM's `/classify` on the same texts (vLLM gets the service's token ids)."""
+async def _post(client: httpx.AsyncClient, path: str, body: dict, check: Callable[[dict], bool] | None = None):
+    r = await client.post(path, json=body)
+    r.raise_for_status()
+    assert check is None or check(r.json()), r.text[:300]
+
+
+async def _pairs(svc, v, ours, theirs, items, concurrencies, repeats: int) -> dict:
+    """`ours(client, item)` on the service and `theirs(client, item)` on vLLM's server, paired per concurrency;
+    `items(side, conc)` gives each side's `repeat -> list`."""
     async with (
         httpx.AsyncClient(base_url=svc.url, timeout=600) as a,
         httpx.AsyncClient(base_url=v.url, timeout=600) as b,
     ):
-
-        async def ours(t):
-            (await a.post("/classify/attack", json={"text": t})).raise_for_status()
-
-        async def theirs(x):
-            r = await b.post("/classify", json={"model": model, "input": x})
-            r.raise_for_status()
-            assert len(r.json()["data"][0]["probs"]) > 1
-
-        await run_concurrent(ours, texts[:8], 8)
-        await run_concurrent(theirs, ids[:8], 8)
+        calls = {"service": lambda x: ours(a, x), "vllm": lambda x: theirs(b, x)}
         out: dict = {"service": {}, "vllm": {}}
-        for conc in (1, 32):
+        for conc in concurrencies:
+            given = {side: items(side, conc) for side in calls}
             res = await _paired(
                 {
-                    "service": lambda k: run_concurrent(ours, texts, conc),  # noqa: B023 (awaited in this iteration)
-                    "vllm": lambda k: run_concurrent(theirs, ids, conc),  # noqa: B023
+                    side: (
+                        lambda k, side=side, given=given, conc=conc: run_concurrent(calls[side], given[side](k), conc)
+                    )
+                    for side in calls
                 },
                 repeats,
             )
             out["service"][f"c{conc}"], out["vllm"][f"c{conc}"] = res["service"], res["vllm"]
         return out
+
+
+async def attack_pairs(svc: ServerProcess, v: ServerProcess, model: str, texts, ids, repeats: int) -> dict:
+    """`/classify/attack` against vLLM's `/classify` on the same texts (vLLM gets the service's token ids)."""
+
+    def ours(c, t):
+        return _post(c, "/classify/attack", {"text": t})
+
+    def theirs(c, x):
+        return _post(c, "/classify", {"model": model, "input": x}, lambda j: len(j["data"][0]["probs"]) > 1)
+
+    def items(side, conc, first: int | None = None):
+        return lambda k: (texts if side == "service" else ids)[:first]
+
+    await _pairs(svc, v, ours, theirs, lambda side, conc: items(side, conc, 8), (8,), 1)  # warm-up
+    return await _pairs(svc, v, ours, theirs, items, (1, 32), repeats)
 
 
 async def cvss_pairs(
@@ -156,32 +172,25 @@ async def cvss_pairs(
     if shifts is not None:  # the same prior correction as the service (the server runs its logits processor)
         tables = step_tables(value_ids, [shifts.bias(m.key, list(m.values)) for m in labels.metrics])
         body["vllm_xargs"] = {EXTRA_ARG: json.dumps(tables)}
-    async with (
-        httpx.AsyncClient(base_url=svc.url, timeout=600) as a,
-        httpx.AsyncClient(base_url=v.url, timeout=600) as b,
-    ):
 
-        async def ours(t):
-            (await a.post("/classify/cvss", json={"description": t})).raise_for_status()
+    def ours(c, t):
+        return _post(c, "/classify/cvss", {"description": t})
 
-        async def theirs(x):
-            r = await b.post("/v1/completions", json={**body, "prompt": x})
-            r.raise_for_status()
-            assert len(r.json()["choices"][0]["logprobs"]["tokens"]) == len(labels.metrics)
+    def theirs(c, x):
+        answered = len(labels.metrics)
+        return _post(
+            c,
+            "/v1/completions",
+            {**body, "prompt": x},
+            lambda j: len(j["choices"][0]["logprobs"]["tokens"]) == answered,
+        )
 
-        await run_concurrent(theirs, [ids[i] for i in slices(("warm-up vllm",), 4)], 4)
-        out: dict = {"service": {}, "vllm": {}}
-        for conc in PAIRED_CVSS:
-            mine, same = _fresh(cves, slices, conc, n, "pair"), _fresh(ids, slices, conc, n, "pair")
-            res = await _paired(
-                {
-                    "service": lambda k: run_concurrent(ours, mine(k), conc),  # noqa: B023
-                    "vllm": lambda k: run_concurrent(theirs, same(k), conc),  # noqa: B023
-                },
-                repeats,
-            )
-            out["service"][f"c{conc}"], out["vllm"][f"c{conc}"] = res["service"], res["vllm"]
-        return out
+    def items(side, conc):
+        return _fresh(cves if side == "service" else ids, slices, conc, n, "pair")
+
+    async with httpx.AsyncClient(base_url=v.url, timeout=600) as b:  # the service was warmed up before
+        await run_concurrent(lambda x: theirs(b, x), [ids[i] for i in slices(("warm-up vllm",), 4)], 4)
+    return await _pairs(svc, v, ours, theirs, items, PAIRED_CVSS, repeats)
 
 
 async def report_runs(svc: ServerProcess, reports: list[str], repeats: int) -> dict:

@@ -16,8 +16,8 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     fork_server.start(s.engine_fork_server)  # first: it imports vLLM on the other core while this one imports
 
-    # Imported here, not at the top: a spawned child (the fork server) imports the parent's __main__ module
-    # first; with these at the top it would pay ~2.5 s of web-stack imports.
+    # Imported here, not at the top: an engine process (forked from the fork server, or spawned) imports the
+    # parent's __main__ module first; with these at the top each would pay ~2.5 s of web-stack imports.
     import uvicorn
 
     from service import logging_setup, reaper

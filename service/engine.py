@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from service import fork_server
@@ -37,6 +39,20 @@ def bind_cpu_threads(setting: str) -> None:
 
 def engine_dtype(s: Settings) -> str:
     return default_dtype(on_gpu()) if s.vllm_dtype == "auto" else s.vllm_dtype
+
+
+def can_compile() -> bool:
+    """Whether torch.compile can build the engines here: on a CPU, Inductor compiles C++ (with $CXX or g++)."""
+    return on_gpu() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++"))
+
+
+def _compiled_on_cpu(s: Settings) -> None:
+    """Environment for a compiled CPU engine, before its process starts."""
+    # vLLM 0.32's AOT cache fails to load on a CPU ("'function' object has no attribute 'finalize_loading'")
+    # and recompiles at every start (~70 s on 2 cores); Inductor's own cache then makes a restart ~10 s
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    # beside the folded checkpoints (a container's volume), not in /tmp
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(s.cache_dir).resolve() / "inductor"))
 
 
 def _stat_logger(model: str):
@@ -76,6 +92,8 @@ def start_engine(model: str, metrics_name: str, s: Settings, kv_cache_gib: float
             # changes the synchronous LLM (which this service does not use) otherwise. One process per engine
             # instead of two: ~20 s less of start-up on 2 cores, and no IPC hop per step.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if not s.enforce_eager:
+            _compiled_on_cpu(s)
         fork_server.route_vllm_engines()
     args = AsyncEngineArgs(
         model=model,

@@ -1,7 +1,7 @@
 """The batch command against the HTTP service, side by side in one run: the same CTI-VSP descriptions (800 by
 default) as `run_batch` JSONL through `python -m service.batch`, and one per request to `/classify/cvss` at
-concurrency 16. Rates exclude start-up on both sides (the service is warm; the batch command reports its own
-start-up apart). Every line's vector must equal the service's.
+concurrency 16, in halves ordered A B B A. Rates exclude start-up on both sides (the service is warm; the batch
+command reports its own start-up apart). Every line's vector must equal the service's.
 
 `python -m bench.batch` runs it alone (bench/results/<machine>-<date>-batch.json); `make bench` includes it
 (`--batch-n`, ratio `cvss_batch_command_vs_http_c16`).
@@ -24,6 +24,7 @@ import httpx
 
 from bench.harness import REPO, ServerProcess, machine
 from bench.load import run_concurrent
+from service.settings import get_settings
 
 HTTP_CONCURRENCY = 16
 
@@ -51,7 +52,7 @@ async def http_vectors(url: str, items: list[tuple[str, str]]) -> tuple[dict[str
     return vectors, stats
 
 
-def batch_vectors(items: list[tuple[str, str]], workdir: Path) -> tuple[dict[str, str], dict]:
+def batch_vectors(items: list[tuple[str, str]], workdir: Path, compile_mode: str) -> tuple[dict[str, str], dict]:
     src, out, summary = workdir / "in.jsonl", workdir / "out.jsonl", workdir / "summary.json"
     with src.open("w") as f:
         for cve_id, text in items:
@@ -60,6 +61,7 @@ def batch_vectors(items: list[tuple[str, str]], workdir: Path) -> tuple[dict[str
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "service.batch", str(src), str(out), "--summary-json", str(summary), "--no-progress"]
+    cmd += ["--compile", compile_mode]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env={**os.environ, "SECCLF_WARMUP": "true"})
     wall = time.perf_counter() - t0
     vectors = {}
@@ -72,22 +74,46 @@ def batch_vectors(items: list[tuple[str, str]], workdir: Path) -> tuple[dict[str
 
 
 def compare(data_dir: Path, n: int, port: int) -> dict:
+    """Both sides on the same `n` descriptions, in halves run A B B A (HTTP on the first half, the batch command
+    on the first then the second, HTTP on the second): run one after the other, the host's speed drifted by
+    10-25 % over minutes, and a drift over the run now falls on both sides alike. The service stays up, idle,
+    while the batch command runs. Each side's rate is its n descriptions over its summed run seconds."""
+    from service.batch import compiles
+
     items = descriptions(data_dir, n)
+    halves = (items[: len(items) // 2], items[len(items) // 2 :])
+    # what a feed of n texts gets by default, though each run holds half of them
+    compile_mode = "on" if compiles(get_settings().batch_compile, len(items)) else "off"
+    http: dict[str, str] = {}
+    batch: dict[str, str] = {}
+    runs: dict[str, list[dict]] = {"http_c16": [], "batch": []}
     svc = ServerProcess.service(port=port, env={"SECCLF_ATTACK_ARTIFACT": ""})  # CVSS only, as the batch
     try:
         svc.wait_ready()
-        http, http_stats = asyncio.run(http_vectors(svc.url, items))
+        for side, half in (("http_c16", 0), ("batch", 0), ("batch", 1), ("http_c16", 1)):
+            if side == "http_c16":
+                vectors, stats = asyncio.run(http_vectors(svc.url, halves[half]))
+                http.update(vectors)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    vectors, stats = batch_vectors(halves[half], Path(tmp), compile_mode)
+                batch.update(vectors)
+            runs[side].append(stats)
     finally:
         svc.stop()
-    with tempfile.TemporaryDirectory() as tmp:
-        batch, batch_stats = batch_vectors(items, Path(tmp))
+    seconds = {
+        "http_c16": sum(r["wall_s"] for r in runs["http_c16"]),
+        "batch": sum(r["run_s"] for r in runs["batch"]),
+    }
+    rate = {side: len(items) / seconds[side] for side in runs}
     same = sum(batch.get(cve_id) == vector for cve_id, vector in http.items())
     return {
         "n": len(items),
-        "http_c16": http_stats,
-        "batch": batch_stats,
+        "order": "A B B A: HTTP half 1, batch half 1, batch half 2, HTTP half 2",
+        "http_c16": {"items_per_s": rate["http_c16"], "concurrency": HTTP_CONCURRENCY, "halves": runs["http_c16"]},
+        "batch": {"items_per_s": rate["batch"], "engines": runs["batch"][0]["engines"], "halves": runs["batch"]},
         "vectors_identical": same,
-        "ratio_batch_vs_http_c16": batch_stats["items_per_s"] / http_stats["items_per_s"],
+        "ratio_batch_vs_http_c16": rate["batch"] / rate["http_c16"],
     }
 
 

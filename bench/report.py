@@ -24,7 +24,7 @@ TARGETS = {
         1.0,
     ),
     "cvss_batch_command_vs_http_c16": (
-        "CVSS desc/s: `python -m service.batch` / the HTTP service at c=16 (start-up excluded)",
+        "CVSS desc/s: `python -m service.batch` (compiled) / the HTTP service (eager) at c=16, start-up excluded",
         1.2,
     ),
     "report_route_vs_attack_batches_64": (

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             update={
                 "cvss_artifact": settings.cvss_artifact if "cvss" in needed else None,
                 "attack_artifact": settings.attack_artifact if "attack" in needed else None,
-                "enforce_eager": settings.enforce_eager and not compiled,
+                "enforce_eager": not compiled,  # batch_compile decides for the batch command, as it printed
             }
         )
         progress = not args.no_progress and os.environ.get("SECCLF_NO_PROGRESS") != "1"
